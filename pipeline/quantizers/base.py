@@ -1,0 +1,148 @@
+"""The quantizer interface every method implements (DESIGN.md, "The quantizer interface").
+
+    out = quantizer(z)          # z: (B, D, H, W) or (N, D)
+    out.z_q                     # what the decoder sees
+    out.indices                 # (B, H, W) or (N,) long
+    out.loss                    # the method's auxiliary loss (0-dim; zero if none)
+    out.stats                   # detached 0-dim tensors: usage, perplexity, distortion
+    quantizer.codebook          # (K, D) effective codebook (after any transform)
+    quantizer.lookup(indices)   # codes for indices, transform applied: (*indices.shape, D)
+
+A method subclasses :class:`Quantizer` and implements ``quantize_flat`` on (N, D) rows;
+the base class handles layouts, statistics and usage counting. Statistics stay on the
+device (no host syncs in the training loop); callers ``.item()`` them when they log.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .search import nearest_code
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def straight_through(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Straight-through estimator (VQ-VAE): forward value q, gradient passed to z unchanged."""
+    return z + (q - z).detach()
+
+
+def modified_straight_through(z: torch.Tensor, q: torch.Tensor, a: float) -> torch.Tensor:
+    """Modified STE of NS-VQ: z_q = z + a q + ((1 - a) q - z).detach().
+
+    Forward value is q; dz_q/dz = I as in the plain STE, and the decoder gradient also
+    reaches the chosen code scaled by a (the paper uses a = 2 alpha / numel(z)).
+    """
+    return z + a * q + ((1.0 - a) * q - z).detach()
+
+
+def code_histogram(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Counts per code as fp32 (K,), computed on device without a host sync."""
+    flat = indices.reshape(-1)
+    counts = torch.zeros(codebook_size, device=flat.device, dtype=torch.float32)
+    return counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+
+
+def histogram_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Usage (fraction of codes used) and perplexity exp(H(p)) of a code histogram."""
+    total = counts.sum().clamp_min(1.0)
+    p = counts / total
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return {"usage": (counts > 0).float().mean(), "perplexity": entropy.exp()}
+
+
+class Quantizer(nn.Module):
+    """Base class: layouts, stats and usage counts around a method's ``quantize_flat``."""
+
+    #: True when ``codebook`` is a plain learnable table that k-means init and code
+    #: replacement may overwrite (``raw_codebook``); False for transformed codebooks.
+    replaceable = True
+
+    def __init__(self, codebook_size: int, dim: int, *, beta: float = 0.25, search_chunk: int = 8192):
+        super().__init__()
+        if codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+        self.codebook_size = codebook_size
+        self.dim = dim
+        self.beta = beta
+        self.search_chunk = search_chunk
+        # Assignments per code since the last replacement round (training mode only).
+        self.register_buffer("usage_counts", torch.zeros(codebook_size), persistent=True)
+        self.last_latents: torch.Tensor | None = None
+
+    # -- to implement -------------------------------------------------------------
+    def quantize_flat(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, D) -> (z_q (N, D), indices (N,), loss 0-dim)."""
+        raise NotImplementedError
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, D) effective codebook."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------
+    @property
+    def raw_codebook(self) -> torch.Tensor:
+        """The learnable table that initialisation and replacement write into."""
+        raise NotImplementedError(f"{type(self).__name__} has no directly writable codebook")
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes for ``indices`` with the method's transform applied: (*indices.shape, D)."""
+        return nn.functional.embedding(indices, self.codebook)
+
+    def search(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest code for each row through the shared bounded-memory search."""
+        cb = self.codebook if codebook is None else codebook
+        return nearest_code(z.detach(), cb.detach(), chunk_size=self.search_chunk)
+
+    def set_progress(self, step: int, epoch: float) -> None:
+        """Schedules (temperatures, warm-ups) read the training position here; default none."""
+
+    @torch.no_grad()
+    def init_codebook(self, codes: torch.Tensor) -> None:
+        """Start from given codes (k-means init); (K, D)."""
+        if codes.shape != (self.codebook_size, self.dim):
+            raise ValueError(f"init codes have shape {tuple(codes.shape)}, expected "
+                             f"({self.codebook_size}, {self.dim})")
+        self.raw_codebook.copy_(codes)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        if z.dim() == 4:
+            b, d, h, w = z.shape
+            flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+        elif z.dim() == 2:
+            flat = z
+        else:
+            raise ValueError(f"quantizer input must be (B, D, H, W) or (N, D), got {tuple(z.shape)}")
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"latent dim {flat.shape[1]} != quantizer dim {self.dim}")
+        # The quantizer always runs in fp32 (bf16 distances break argmin ties and the NS softmax).
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            zq, idx, loss = self.quantize_flat(flat.float())
+        stats = self._stats(flat, zq, idx)
+        if self.training:
+            self.last_latents = flat.detach()
+        if z.dim() == 4:
+            zq = zq.reshape(b, h, w, d).permute(0, 3, 1, 2)
+            idx = idx.reshape(b, h, w)
+        return QuantizerOutput(zq.to(z.dtype), idx, loss, stats)
+
+    @torch.no_grad()
+    def _stats(self, z: torch.Tensor, zq: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        counts = code_histogram(idx, self.codebook_size)
+        if self.training:
+            self.usage_counts += counts
+        stats = histogram_stats(counts)
+        stats["distortion"] = (z.float() - zq.float()).pow(2).mean()
+        return stats
+
+    def extra_repr(self) -> str:
+        return f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}"

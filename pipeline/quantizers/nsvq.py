@@ -1,0 +1,46 @@
+"""NS-VQ: dense non-stationary embedding loss + modified STE (the NSVQ method's quantizer).
+
+From the NS-VQ paper (DESIGN.md, "NS-VQ"):
+
+    w_ik = 1 for the winner, else min(1, lambda K softmax_k(-||z_i - e_k||^2 / tau))   (detached)
+    L_emb = (1/N) sum_i sum_k w_ik ||sg(z_i) - e_k||^2 / D                 (ns_loss.py)
+    L     = L_emb + beta ||z - sg(q)||^2                                    (commitment, mean)
+    z_q   = z + a q + ((1 - a) q - z).detach(),  a = 2 alpha / numel(z)    (modified STE)
+    tau   = tau0 * tau_decay ** epoch                                      (per-epoch decay)
+
+Every code, not only the winners, is pulled towards nearby latents, so codes follow the
+encoder's drifting latent distribution instead of dying.
+"""
+from __future__ import annotations
+
+import math
+
+from .base import modified_straight_through
+from .ns_loss import ns_embedding_loss
+from .vq import TableQuantizer
+
+
+class NSVQ(TableQuantizer):
+    def __init__(self, codebook_size: int, dim: int, *, lam: float = 0.01, tau0: float = 1.0,
+                 tau_decay: float = 0.9, alpha: float = 1.0, **kw):
+        super().__init__(codebook_size, dim, **kw)
+        self.lam = lam
+        self.tau0 = tau0
+        self.tau_decay = tau_decay
+        self.alpha = alpha
+        self.tau = tau0
+
+    def set_progress(self, step: int, epoch: float) -> None:
+        """tau = tau0 * tau_decay ** floor(epoch) (the paper decays once per epoch)."""
+        self.tau = self.tau0 * self.tau_decay ** math.floor(epoch)
+
+    def quantize_flat(self, z):
+        idx, _ = self.search(z)
+        q = self.embedding[idx]
+        emb = ns_embedding_loss(z, self.embedding, idx, self.tau, self.lam, chunk_size=self.search_chunk)
+        loss = emb + self.beta * (z - q.detach()).pow(2).mean()
+        a = 2.0 * self.alpha / z.numel()
+        return modified_straight_through(z, q, a), idx, loss
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", lam={self.lam}, tau0={self.tau0}, tau_decay={self.tau_decay}, alpha={self.alpha}"

@@ -1,0 +1,75 @@
+"""Nearest-code search shared by every quantizer, k-means and the metrics.
+
+``nearest_code(z, codebook)`` returns, for each row of ``z`` (N, D), the index of the
+closest row of ``codebook`` (K, D) in squared Euclidean distance and that distance.
+It never materializes the N x K distance matrix: the torch path works on row chunks
+whose N_chunk x K block stays under ``max_block_elems``; on CUDA a fused Triton kernel
+(``pipeline/kernels/search_triton.py``) streams code tiles and writes only N indices.
+The torch path is the reference the kernel is tested against.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# One chunk's distance block holds at most this many fp32 elements (256 MiB).
+MAX_BLOCK_ELEMS = 1 << 26
+
+
+def _backend(z: torch.Tensor, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    if os.environ.get("NSVQ_SEARCH_BACKEND"):
+        return os.environ["NSVQ_SEARCH_BACKEND"]
+    if z.is_cuda:
+        from ..kernels import triton_available
+
+        if triton_available():
+            return "triton"
+    return "torch"
+
+
+def chunk_rows(num_codes: int, chunk_size: int, max_block_elems: int = MAX_BLOCK_ELEMS) -> int:
+    """Rows per chunk so that one chunk x K block stays under ``max_block_elems``."""
+    return max(1, min(chunk_size, max_block_elems // max(1, num_codes)))
+
+
+@torch.no_grad()
+def nearest_code_torch(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 8192,
+                       max_block_elems: int = MAX_BLOCK_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked reference: argmin_k ||z_i - c_k||^2 via ||c_k||^2 - 2 z_i.c_k per row chunk.
+
+    The returned distance is recomputed exactly as ||z_i - c_idx||^2 (no cancellation).
+    """
+    z = z.float()
+    codebook = codebook.float()
+    n = z.shape[0]
+    c2 = (codebook * codebook).sum(1)
+    idx = torch.empty(n, dtype=torch.long, device=z.device)
+    rows = chunk_rows(codebook.shape[0], chunk_size, max_block_elems)
+    ct = codebook.t()
+    for s in range(0, n, rows):
+        zc = z[s:s + rows]
+        # c2 - 2 z.c: the ||z||^2 term is constant per row and does not change the argmin.
+        idx[s:s + rows] = torch.addmm(c2, zc, ct, beta=1.0, alpha=-2.0).argmin(1)
+    dist = (z - codebook[idx]).pow(2).sum(1)
+    return idx, dist
+
+
+@torch.no_grad()
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int = 8192,
+                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Index (N,) long and squared distance (N,) fp32 of the nearest code for each row of z.
+
+    backend: "auto" (Triton on CUDA when available, else torch), "torch" or "triton".
+    The env var NSVQ_SEARCH_BACKEND overrides "auto".
+    """
+    if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"nearest_code: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} "
+                         "must be (N, D) and (K, D)")
+    if _backend(z, backend) == "triton":
+        from ..kernels.search_triton import nearest_code_triton
+
+        return nearest_code_triton(z, codebook)
+    return nearest_code_torch(z, codebook, chunk_size)

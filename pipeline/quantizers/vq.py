@@ -1,0 +1,38 @@
+"""Plain VQ with the straight-through estimator (VQ-VAE, van den Oord et al. 2017).
+
+    z_q  = z + sg(q - z)                                    (STE, forward value q)
+    loss = ||sg(z) - q||^2 + beta ||z - sg(q)||^2           (codebook + commitment, means)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Quantizer, straight_through
+
+
+class TableQuantizer(Quantizer):
+    """A quantizer whose codebook is one learnable (K, D) table."""
+
+    def __init__(self, codebook_size: int, dim: int, **kw):
+        super().__init__(codebook_size, dim, **kw)
+        # Uniform(-1/K, 1/K) as in the VQ-VAE and NS-VQ reference code; k-means init overwrites it.
+        self.embedding = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size))
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.embedding
+
+    @property
+    def raw_codebook(self) -> torch.Tensor:
+        return self.embedding
+
+
+class VQ(TableQuantizer):
+    """VQ-VAE quantizer: nearest code, STE, codebook + beta * commitment loss."""
+
+    def quantize_flat(self, z):
+        idx, _ = self.search(z)
+        q = self.embedding[idx]
+        loss = (q - z.detach()).pow(2).mean() + self.beta * (z - q.detach()).pow(2).mean()
+        return straight_through(z, q), idx, loss
