@@ -21,7 +21,7 @@ def reconstruct(model: VQAutoencoder, images: np.ndarray, device, batch_size: in
     model.eval()
     recons, tokens = [], []
     for s in range(0, len(images), batch_size):
-        x = images_to_input(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
+        x = images_to_input(torch.tensor(np.asarray(images[s:s + batch_size]), device=device))
         x_hat, out = model(x)
         recons.append(output_to_images(x_hat).cpu().numpy())
         tokens.append(out.indices.cpu().numpy())

@@ -38,7 +38,7 @@ def encode_images(model: VQAutoencoder, images: np.ndarray, device, batch_size: 
     model.eval()
     rows = []
     for s in range(0, len(images), batch_size):
-        x = images_to_input(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
+        x = images_to_input(torch.tensor(np.asarray(images[s:s + batch_size]), device=device))
         z = model.encode(x).float()
         rows.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
     return torch.cat(rows)

@@ -18,6 +18,7 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -55,12 +56,25 @@ def fingerprint(*parts: Any) -> str:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename over ``path``."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temp path beside ``path``; on success rename it over ``path``, else delete it.
+
+    The file gets the permissions a plain open() would give (mkstemp's are 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -83,10 +97,10 @@ class BatchSource:
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
-        on_device = images.nbytes <= max_device_bytes
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
-        if on_device:
-            self.images = self.images.to(device)
+        if images.nbytes <= max_device_bytes:
+            self.images = torch.tensor(np.asarray(images), device=device)   # one copy, then device-side gathers
+        else:
+            self.images = images                                           # host memmap, read per batch
         self.channels_last = device.type == "cuda"
 
     def indices(self, step: int) -> torch.Tensor:
@@ -95,7 +109,12 @@ class BatchSource:
 
     def batch(self, step: int) -> torch.Tensor:
         idx = self.indices(step)
-        x = images_to_input(self.images[idx.to(self.images.device)].to(self.device, non_blocking=True))
+        if isinstance(self.images, torch.Tensor):
+            raw = self.images[idx.to(self.device)]
+        else:
+            raw = torch.from_numpy(self.images[idx.numpy()]).pin_memory() if self.device.type == "cuda" \
+                else torch.from_numpy(self.images[idx.numpy()])
+        x = images_to_input(raw.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 

@@ -76,6 +76,8 @@ def test_batch_source_is_a_function_of_seed_and_step():
     b = BatchSource(imgs, 8, seed=3, device=torch.device("cpu"))
     assert torch.equal(a.batch(7), b.batch(7))
     assert not torch.equal(a.batch(7), a.batch(8))
+    host = BatchSource(imgs, 8, seed=3, device=torch.device("cpu"), max_device_bytes=0)  # memmap path
+    assert not isinstance(host.images, torch.Tensor) and torch.equal(host.batch(7), a.batch(7))
     x = a.batch(0)
     assert x.shape == (8, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
 

@@ -112,7 +112,14 @@ class Quantizer(nn.Module):
         if codes.shape != (self.codebook_size, self.dim):
             raise ValueError(f"init codes have shape {tuple(codes.shape)}, expected "
                              f"({self.codebook_size}, {self.dim})")
-        self.raw_codebook.copy_(codes)
+        self.reseed_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=codes.device), codes)
+
+    @torch.no_grad()
+    def reseed_codes(self, mask: torch.Tensor, candidates: torch.Tensor) -> None:
+        """Replace the codes where ``mask`` (K,) is True by ``candidates`` (K, D), without a
+        host sync. Methods with extra per-code state (EMA statistics) override this."""
+        cb = self.raw_codebook
+        cb.copy_(torch.where(mask.to(cb.device)[:, None], candidates.to(cb), cb))
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         if z.dim() == 4:

@@ -59,6 +59,6 @@ class CodeReplacement:
                 return None
             src = torch.randint(0, latents.shape[0], (k,), device=latents.device)
             candidates = latents[src].to(codebook.dtype)
-        codebook.copy_(torch.where(dead[:, None], candidates, codebook))
+        quantizer.reseed_codes(dead, candidates)
         counts.zero_()
         return dead.sum()
