@@ -14,7 +14,8 @@ from .configbase import ConfigError, build, fail, flatten, param, to_dict
 __all__ = ["ConfigError", "Params", "load_params", "to_dict", "flatten", "QUANTIZER_METHODS"]
 
 # Every method registered in pipeline.quantizers; the registry test keeps the two in step.
-QUANTIZER_METHODS = ("vq", "nsvq")
+QUANTIZER_METHODS = ("vq", "ema", "fc", "simvq", "transvq", "nsvq", "diveq", "diveq_detach", "sf_diveq",
+                     "sf_diveq_detach", "rotation", "gumbel", "noise_sub")
 
 
 @dataclass
@@ -55,6 +56,8 @@ class ReplacementParams:
     threshold: float = param(1.0, ge=0, doc="a code used fewer times than this in a round is dead")
     perturb: float = param(0.01, ge=0, doc="relative noise added to re-seeded codes (importance)")
     until_step: int = param(-1, ge=-1, doc="stop replacing after this train_vq step; -1: while the encoder trains")
+    dense_period: int = param(20, ge=1, doc="steps between rounds during the dense early phase (DiVeQ schedule)")
+    dense_until: int = param(400, ge=0, doc="the dense phase lasts up to this step; 0: no dense phase")
 
 
 @dataclass
@@ -67,13 +70,73 @@ class NSVQParams:
 
 
 @dataclass
+class EMAParams:
+    """Codebook as Laplace-smoothed moving averages of counts and sums (VQ-VAE appendix)."""
+    decay: float = param(0.99, gt=0, lt=1, doc="EMA decay of counts and sums")
+    eps: float = param(1e-5, gt=0, doc="Laplace smoothing of the counts")
+
+
+@dataclass
+class FCParams:
+    """Factorized, l2-normalized codes (ViT-VQGAN)."""
+    code_dim: int = param(8, ge=1, doc="dimension of the code space the lookup runs in")
+
+
+@dataclass
+class TransVQParams:
+    """Frozen codebook through one pre-LN linear-attention block (TransVQ)."""
+    model_dim: int = param(256, ge=1, doc="width of the codebook transformer")
+    mlp_ratio: float = param(2.0, gt=0, doc="MLP hidden width / model_dim")
+    learned_pos: bool = param(True, doc="add a learned per-code position embedding (reference code)")
+
+
+@dataclass
+class DiVeQParams:
+    """DiVeQ directional noise (diveq only; diveq_detach has none)."""
+    sigma: float = param(1e-3, ge=0, le=1, doc="std of the directional noise v ~ N(0, sigma^2 I)")
+
+
+@dataclass
+class SFDiVeQParams:
+    """SF-DiVeQ warm-up, init and inference (shared by sf_diveq and sf_diveq_detach)."""
+    sigma: float = param(1e-3, ge=0, le=1, doc="std of the directional noise (sf_diveq only)")
+    skip_steps: int = param(200, ge=0, doc="train_vq steps without quantization before the curve starts")
+    avg_steps: int = param(50, ge=0, doc="the last steps of the warm-up whose latents initialise the codes")
+    inference: Literal["codes", "curve"] = param("codes", doc="eval output: nearest code, or projection on the curve")
+
+    def check(self) -> None:
+        if self.avg_steps > self.skip_steps:
+            fail(self, "avg_steps", f"must be <= skip_steps ({self.skip_steps})")
+
+
+@dataclass
+class GumbelParams:
+    """Straight-through Gumbel-softmax with exponential temperature annealing."""
+    tau0: float = param(1.0, gt=0, doc="initial temperature")
+    tau_min: float = param(0.1, gt=0, doc="temperature floor")
+    anneal_rate: float = param(2e-3, ge=0, doc="tau = max(tau_min, tau0 * exp(-anneal_rate * step))")
+    kl_weight: float = param(5e-4, ge=0, doc="weight of KL(softmax(logits) || uniform)")
+
+    def check(self) -> None:
+        if self.tau_min > self.tau0:
+            fail(self, "tau_min", f"must be <= tau0 ({self.tau0})")
+
+
+@dataclass
 class QuantizerParams:
     method: str = "nsvq"
     codebook_size: int = param(512, ge=2)
     beta: float = param(0.25, ge=0, doc="commitment weight")
     search_chunk: int = param(8192, ge=1, doc="rows per chunk of the nearest-code search")
+    levels: int = param(1, ge=1, doc="residual VQ levels; > 1 stacks that many quantizers of the method")
     replacement: ReplacementParams = field(default_factory=ReplacementParams)
     nsvq: NSVQParams = field(default_factory=NSVQParams)
+    ema: EMAParams = field(default_factory=EMAParams)
+    fc: FCParams = field(default_factory=FCParams)
+    transvq: TransVQParams = field(default_factory=TransVQParams)
+    diveq: DiVeQParams = field(default_factory=DiVeQParams)
+    sf_diveq: SFDiVeQParams = field(default_factory=SFDiVeQParams)
+    gumbel: GumbelParams = field(default_factory=GumbelParams)
 
     def check(self) -> None:
         if self.method not in QUANTIZER_METHODS:

@@ -156,6 +156,7 @@ def stage_run(stage: str, params_path: str | Path = "params.yaml") -> Iterator[S
             name = f"pipeline {os.environ.get('DVC_EXP_NAME', '')}".strip()
             parent_id = client.create_run(exp_id, run_name=name,
                                           tags={PARENT_KEY_TAG: key, **common}).info.run_id
+    client.update_run(parent_id, status="RUNNING")
     run = client.create_run(exp_id, run_name=stage,
                             tags={"mlflow.parentRunId": parent_id, STAGE_TAG: stage, **common})
     handle = StageRun(client, run.info.run_id, parent_id)
@@ -165,5 +166,5 @@ def stage_run(stage: str, params_path: str | Path = "params.yaml") -> Iterator[S
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status)
-        # The parent stays open while stages run; each stage marks it finished (last one wins).
+        # The parent runs while a stage runs; each stage leaves it with its own outcome.
         client.set_terminated(parent_id, status)

@@ -48,9 +48,11 @@ def main(flow: Callable[[], Any]) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    from pipeline.data import DataError
+
     try:
         flow()
-    except UserFacingError as e:
+    except (UserFacingError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
@@ -62,14 +64,17 @@ class UserFacingError(RuntimeError):
 
 
 def _record_imports() -> None:
-    """Test hook: list the repo's own modules this process ran (dvc.yaml deps check)."""
+    """Test hook: write the repo's own modules this stage ran to $NSVQ_RECORD_IMPORTS/<stage>.txt
+    (tests/test_pipeline_e2e.py checks them against the stage's deps in dvc.yaml)."""
     out = os.environ.get("NSVQ_RECORD_IMPORTS")
     if not out:
         return
     root = Path.cwd().resolve()
     files = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
                     if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)})
-    Path(out).write_text("\n".join(files) + "\n")
+    stage = sys.modules["__main__"].__spec__.name.rsplit(".", 1)[-1]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"{stage}.txt").write_text("\n".join(files) + "\n")
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

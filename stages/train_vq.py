@@ -22,7 +22,9 @@ def train(p, run) -> dict:
     manifest = load_manifest(PREPARED)
     model, _ = load_autoencoder(PRETRAIN_MODEL)
     model.quantizer = build_quantizer(qp, p.model.code_dim)
-    if tp.kmeans_init:
+    # Methods whose codebook is a transform of a frozen table (simvq, transvq) or that
+    # initialise themselves (sf_diveq) skip the k-means codes.
+    if tp.kmeans_init and model.quantizer.uses_kmeans_init:
         init = torch.load(require(CODEBOOK_INIT, "kmeans_init"), map_location="cpu")["codes"]
         model.quantizer.init_codebook(init)
     total = tp.track_steps + tp.freeze_steps

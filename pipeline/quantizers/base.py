@@ -8,6 +8,9 @@
     quantizer.codebook          # (K, D) effective codebook (after any transform)
     quantizer.lookup(indices)   # codes for indices, transform applied: (*indices.shape, D)
 
+A residual quantizer (params ``quantizer.levels > 1``, residual.py) returns indices with a trailing level axis,
+(B, H, W, L) or (N, L), and its ``lookup`` sums the levels' codes: (*indices.shape[:-1], D).
+
 A method subclasses :class:`Quantizer` and implements ``quantize_flat`` on (N, D) rows;
 the base class handles layouts, statistics and usage counting. Statistics stay on the
 device (no host syncs in the training loop); callers ``.item()`` them when they log.
@@ -28,6 +31,11 @@ class QuantizerOutput:
     indices: torch.Tensor
     loss: torch.Tensor
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: The point actually selected (detached, same layout as z_q) when the forward value
+    #: z_q is a noisy surrogate of it (noise substitution, DiVeQ, SF-DiVeQ in training);
+    #: None when z_q's forward value already is the selected point. Residual VQ needs it
+    #: to pass the true residual to the next level.
+    hard: torch.Tensor | None = None
 
 
 def straight_through(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -65,6 +73,10 @@ class Quantizer(nn.Module):
     #: True when ``codebook`` is a plain learnable table that k-means init and code
     #: replacement may overwrite (``raw_codebook``); False for transformed codebooks.
     replaceable = True
+    #: False for methods that must not start from the k-means codebook of ``kmeans_init``
+    #: (frozen random tables of SimVQ/TransVQ, SF-DiVeQ's own init from averaged latents);
+    #: stages/train_vq.py calls ``init_codebook`` only when this is True.
+    uses_kmeans_init = True
 
     def __init__(self, codebook_size: int, dim: int, *, beta: float = 0.25, search_chunk: int = 8192):
         super().__init__()
@@ -79,8 +91,11 @@ class Quantizer(nn.Module):
         self.last_latents: torch.Tensor | None = None
 
     # -- to implement -------------------------------------------------------------
-    def quantize_flat(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, D) -> (z_q (N, D), indices (N,), loss 0-dim)."""
+    def quantize_flat(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(N, D) -> (z_q (N, D), indices (N,), loss 0-dim[, hard (N, D)]).
+
+        The optional fourth value is the selected point when z_q's forward value differs
+        from it (see ``QuantizerOutput.hard``)."""
         raise NotImplementedError
 
     @property
@@ -97,6 +112,11 @@ class Quantizer(nn.Module):
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes for ``indices`` with the method's transform applied: (*indices.shape, D)."""
         return nn.functional.embedding(indices, self.codebook)
+
+    def code_space(self, z: torch.Tensor) -> torch.Tensor:
+        """Map latents (N, D) into the space ``raw_codebook`` lives in (identity unless the
+        method searches in a projected space, e.g. FC); replacement from latents uses it."""
+        return z
 
     def search(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest code for each row through the shared bounded-memory search."""
@@ -133,14 +153,19 @@ class Quantizer(nn.Module):
             raise ValueError(f"latent dim {flat.shape[1]} != quantizer dim {self.dim}")
         # The quantizer always runs in fp32 (bf16 distances break argmin ties and the NS softmax).
         with torch.autocast(device_type=flat.device.type, enabled=False):
-            zq, idx, loss = self.quantize_flat(flat.float())
-        stats = self._stats(flat, zq, idx)
+            zq, idx, loss, *rest = self.quantize_flat(flat.float())
+        hard = rest[0].detach() if rest else None
+        stats = self._stats(flat, zq if hard is None else hard, idx)
         if self.training:
             self.last_latents = flat.detach()
         if z.dim() == 4:
             zq = zq.reshape(b, h, w, d).permute(0, 3, 1, 2)
-            idx = idx.reshape(b, h, w)
-        return QuantizerOutput(zq.to(z.dtype), idx, loss, stats)
+            idx = idx.reshape(b, h, w, *idx.shape[1:])      # residual VQ keeps a trailing level axis
+            if hard is not None:
+                hard = hard.reshape(b, h, w, d).permute(0, 3, 1, 2)
+        if hard is not None:
+            hard = hard.to(z.dtype)
+        return QuantizerOutput(zq.to(z.dtype), idx, loss, stats, hard)
 
     @torch.no_grad()
     def _stats(self, z: torch.Tensor, zq: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,65 @@
+"""DiVeQ: differentiable VQ by a directional reparameterization (DiVeQ paper, eq. for z_q).
+
+    z_q = z + ||c - z|| sg[(v + c - z) / ||v + c - z||],   v ~ N(0, sigma^2 I)      (training)
+    z_q = c                                                                      (eval)
+
+The quantization error keeps its magnitude ||c - z|| but its direction is a (slightly noisy)
+stop-gradient constant, so the decoder gradient reaches both the latent and the chosen code
+through the norm: d z_q / d c = u (c - z)^T / ||c - z||, with u the detached direction. No
+auxiliary loss (``out.loss`` is 0); dead codes are left to the replacement policy.
+
+``diveq_detach`` drops the noise (v = 0): the forward value is then exactly the chosen code
+and d z_q / d z = I - u u^T, d z_q / d c = u u^T with u = (c - z) / ||c - z||.
+
+sigma is the noise *standard deviation*: the reference code (ishine/DiVeQ ``noise_var``,
+default 1e-3) passes its value as the scale of ``Normal(0, noise_var)``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .vq import TableQuantizer
+
+_EPS = 1e-12
+
+
+def directional_error(z: torch.Tensor, target: torch.Tensor, sigma: float) -> torch.Tensor:
+    """||target - z|| * sg[(v + target - z) / ||v + target - z||], v ~ N(0, sigma^2 I), per row.
+
+    The DiVeQ quantization error (also each segment term of SF-DiVeQ); sigma = 0 is the
+    detach variant. The magnitude carries the gradient, the direction is a constant.
+    """
+    diff = target - z
+    direction = diff if sigma == 0 else diff + sigma * torch.randn_like(diff)
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    # Norm via sqrt(sum + eps) so a latent sitting exactly on its code has a finite gradient.
+    magnitude = (diff.pow(2).sum(1, keepdim=True) + _EPS).sqrt()
+    return magnitude * direction.detach()
+
+
+class DiVeQ(TableQuantizer):
+    """DiVeQ quantizer; ``sigma`` is the std of the directional noise v."""
+
+    def __init__(self, codebook_size: int, dim: int, *, sigma: float = 1e-3, **kw):
+        super().__init__(codebook_size, dim, **kw)
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        self.sigma = sigma
+
+    def quantize_flat(self, z):
+        idx, _ = self.search(z)
+        q = self.embedding[idx]
+        loss = z.new_zeros(())
+        if not self.training:
+            return q, idx, loss
+        return z + directional_error(z, q, self.sigma), idx, loss, q
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", sigma={self.sigma}"
+
+
+class DiVeQDetach(DiVeQ):
+    """DiVeQ without the directional noise (the paper's detach variant): forward value = c."""
+
+    def __init__(self, codebook_size: int, dim: int, **kw):
+        super().__init__(codebook_size, dim, sigma=0.0, **kw)

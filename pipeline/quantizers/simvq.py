@@ -1,0 +1,40 @@
+"""SimVQ (Zhu et al. 2024, "Addressing Representation Collapse in Vector Quantized Models
+with One Linear Layer"): a frozen random codebook C re-parameterized by one learned map W.
+
+    codebook = C W        (C: (K, D) frozen, N(0, 1/D) entries; W: (D, D) learned)
+    z_q  = z + sg(q - z)                                    (STE)
+    loss = ||sg(z) - q||^2 + beta ||z - sg(q)||^2           (means; q = (C W)_k*)
+
+The codebook loss reaches W, which moves *every* code at once, so no code is left behind
+(SimVQ's remedy for collapse). Consequences for this pipeline:
+- not ``replaceable``: C is frozen by design and re-seeding one row of C would need W's
+  inverse; usage is the property SimVQ itself guarantees, so no replacement is applied;
+- ``uses_kmeans_init`` is False: C stays the random table of the paper.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Quantizer, straight_through
+
+
+class SimVQ(Quantizer):
+    replaceable = False
+    uses_kmeans_init = False
+
+    def __init__(self, codebook_size: int, dim: int, **kw):
+        super().__init__(codebook_size, dim, **kw)
+        self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) * dim ** -0.5)
+        self.transform = nn.Linear(dim, dim, bias=False)      # y = x W^T: the learned W
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.transform(self.frozen_codebook)
+
+    def quantize_flat(self, z):
+        cb = self.codebook
+        idx, _ = self.search(z, cb)
+        q = cb[idx]
+        loss = (q - z.detach()).pow(2).mean() + self.beta * (z - q.detach()).pow(2).mean()
+        return straight_through(z, q), idx, loss

@@ -1,0 +1,77 @@
+"""MLflow tracking: parent per pipeline execution, child per stage, git commit tags."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pipeline import tracking  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("NSVQ_PARENT_RUN_ID", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return tmp_path
+
+
+def _runs(root):
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("nsvq-pipeline")
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_stages_of_one_execution_share_a_parent(store):
+    with tracking.stage_run("prepare") as r1:
+        r1.log_metrics({"loss": 1.0}, step=1)
+        r1.log_metrics({"loss": 0.5}, step=2)
+    with tracking.stage_run("pretrain") as r2:
+        r2.log_params({"model": {"width": 8}})
+    assert r1.parent_id == r2.parent_id
+    # a rerun of a stage that already reported under this parent starts a new execution
+    with tracking.stage_run("prepare") as r3:
+        pass
+    assert r3.parent_id != r1.parent_id
+    # changed params: a new parent as well
+    (store / "params.yaml").write_text("a: 2\n")
+    with tracking.stage_run("pretrain") as r4:
+        pass
+    assert r4.parent_id not in (r1.parent_id, r3.parent_id)
+
+    client, runs = _runs(store)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert [r.data.tags[tracking.STAGE_TAG] for r in children] == ["prepare", "pretrain", "prepare", "pretrain"]
+    assert all("git_commit" in r.data.tags for r in runs)
+    hist = client.get_metric_history(r1.run_id, "loss")
+    assert [(m.step, m.value) for m in hist] == [(1, 1.0), (2, 0.5)]
+    assert client.get_run(r2.run_id).data.params == {"model.width": "8"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_failed_stage_marks_run_failed(store):
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("train_vq"):
+            raise RuntimeError("boom")
+    _, runs = _runs(store)
+    child = [r for r in runs if r.data.tags.get(tracking.STAGE_TAG) == "train_vq"][0]
+    assert child.info.status == "FAILED"
+
+
+def test_explicit_parent_and_tracking_uri_override(store, monkeypatch, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.tracking_uri() == uri
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("nsvq-pipeline")
+    parent = client.create_run(exp).info.run_id
+    monkeypatch.setenv("NSVQ_PARENT_RUN_ID", parent)
+    with tracking.stage_run("evaluate") as r:
+        r.log_metrics({"rfid": 3.0}, parent=True)
+    assert r.parent_id == parent
+    assert client.get_run(parent).data.metrics["rfid"] == 3.0
