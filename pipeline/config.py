@@ -154,6 +154,7 @@ class LoopParams:
     log_every: int = param(10, ge=1)
     seed: int = param(0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = param(False, doc="torch.compile the encoder and decoder (pays off on a GPU)")
 
 
 @dataclass

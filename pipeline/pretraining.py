@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .images import images_to_input
 from .models.autoencoder import VQAutoencoder
-from .training import BatchSource, Trainer, TrainResult, make_adam, optimizer_step
+from .training import BatchSource, Trainer, TrainResult, compile_autoencoder, make_adam, optimizer_step
 
 
 def pretrain_autoencoder(model: VQAutoencoder, train_images: np.ndarray, pp, trainer: Trainer,
@@ -20,6 +20,7 @@ def pretrain_autoencoder(model: VQAutoencoder, train_images: np.ndarray, pp, tra
         model.to(memory_format=torch.channels_last)
     opt = make_adam(model.parameters(), pp)
     source = BatchSource(train_images, pp.batch_size, pp.seed, trainer.device)
+    compile_autoencoder(model, pp.compile)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         x = source.batch(step)

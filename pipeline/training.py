@@ -276,3 +276,12 @@ def make_adam(params, lp) -> torch.optim.Optimizer:
     if lp.weight_decay > 0:
         return torch.optim.AdamW(params, lr=lp.lr, weight_decay=lp.weight_decay, fused=fused)
     return torch.optim.Adam(params, lr=lp.lr, fused=fused)
+
+
+def compile_autoencoder(model, enabled: bool) -> None:
+    """torch.compile the encoder and decoder in place (the quantizer stays eager: its GPU
+    path is already fused kernels, and its shapes vary with the codebook)."""
+    if enabled:
+        # Module.compile keeps the module (and its state_dict keys); torch.compile(m) would wrap it.
+        model.encoder.compile()
+        model.decoder.compile()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .models.autoencoder import VQAutoencoder
 from .quantizers.replacement import CodeReplacement
-from .training import BatchSource, Trainer, TrainResult, make_adam, optimizer_step
+from .training import BatchSource, Trainer, TrainResult, compile_autoencoder, make_adam, optimizer_step
 
 
 def steps_per_epoch(tp, num_train: int) -> int:
@@ -32,20 +32,10 @@ def set_encoder_frozen(model: VQAutoencoder, frozen: bool) -> None:
     model.encoder.train(not frozen)
 
 
-def train_vq(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: CodeReplacement,
-             trainer: Trainer, on_log=None) -> TrainResult:
-    """Two-phase VQ training of ``model`` (encoder/decoder from pretrain, quantizer attached)."""
+def make_vq_step(model: VQAutoencoder, opt: torch.optim.Optimizer, source: BatchSource, tp,
+                 replacement: CodeReplacement, trainer: Trainer, per_epoch: int):
+    """The train_vq step: ``step_fn(step) -> metrics`` (0-dim device tensors, no host sync)."""
     quantizer = model.quantizer
-    model.to(trainer.device).train()
-    if trainer.device.type == "cuda":
-        model.encoder.to(memory_format=torch.channels_last)
-        model.decoder.to(memory_format=torch.channels_last)
-    # One optimizer over everything; frozen encoder params simply get no gradient in phase 2.
-    opt = make_adam(model.parameters(), tp)
-    source = BatchSource(train_images, tp.batch_size, tp.seed, trainer.device)
-    per_epoch = steps_per_epoch(tp, len(train_images))
-    if replacement.until_step < 0:
-        replacement.until_step = tp.track_steps
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         frozen = step >= tp.track_steps
@@ -71,4 +61,28 @@ def train_vq(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: Co
             metrics["codes_replaced"] = replaced.float()
         return metrics
 
+    return step_fn
+
+
+def prepare_vq_training(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: CodeReplacement,
+                        trainer: Trainer):
+    """Move the model to the device, build optimizer, batches and the step; returns (step_fn, opt)."""
+    model.to(trainer.device).train()
+    if trainer.device.type == "cuda":
+        model.encoder.to(memory_format=torch.channels_last)
+        model.decoder.to(memory_format=torch.channels_last)
+    # One optimizer over everything; frozen encoder params simply get no gradient in phase 2.
+    opt = make_adam(model.parameters(), tp)
+    source = BatchSource(train_images, tp.batch_size, tp.seed, trainer.device)
+    compile_autoencoder(model, tp.compile)
+    if replacement.until_step < 0:
+        replacement.until_step = tp.track_steps
+    step_fn = make_vq_step(model, opt, source, tp, replacement, trainer, steps_per_epoch(tp, len(train_images)))
+    return step_fn, opt
+
+
+def train_vq(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: CodeReplacement,
+             trainer: Trainer, on_log=None) -> TrainResult:
+    """Two-phase VQ training of ``model`` (encoder/decoder from pretrain, quantizer attached)."""
+    step_fn, opt = prepare_vq_training(model, train_images, tp, replacement, trainer)
     return trainer.fit(step_fn, {"model": model, "optimizer": opt}, on_log=on_log)

@@ -163,3 +163,28 @@ def test_importance_replacement_reseeds_only_dead_codes():
     for k in (1, 3, 4):   # dead codes now copy a used code (perturb 0)
         assert any(torch.equal(q.embedding[k], before[j]) for j in alive)
     assert q.usage_counts.sum().item() == 0       # counts reset for the next round
+
+
+@pytest.mark.parametrize("w_cb, beta, a", [(1.0, 0.25, 0.0), (0.0, 0.25, 0.01), (0.5, 1.0, 0.3)])
+def test_table_lookup_equals_composed_ops(w_cb, beta, a):
+    """The fused node equals gather + MSE terms + (modified) STE, values and gradients."""
+    from pipeline.quantizers.table_lookup import table_lookup
+
+    g = torch.Generator().manual_seed(7)
+    z0, e0 = torch.randn(40, 5, generator=g), torch.randn(9, 5, generator=g)
+    gz = torch.randn(40, 5, generator=g)
+    idx, dist = nearest_code_torch(z0, e0)
+
+    z1, e1 = z0.clone().requires_grad_(), e0.clone().requires_grad_()
+    zq1, loss1 = table_lookup(z1, e1, idx, dist, codebook_weight=w_cb, beta=beta, ste_scale=a)
+    ((zq1 * gz).sum() + 3.0 * loss1).backward()
+
+    z2, e2 = z0.clone().requires_grad_(), e0.clone().requires_grad_()
+    q = e2[idx]
+    loss2 = w_cb * (q - z2.detach()).pow(2).mean() + beta * (z2 - q.detach()).pow(2).mean()
+    zq2 = modified_straight_through(z2, q, a)
+    ((zq2 * gz).sum() + 3.0 * loss2).backward()
+
+    assert torch.allclose(zq1, zq2, atol=1e-6) and loss1.item() == pytest.approx(loss2.item(), rel=1e-5)
+    assert torch.allclose(z1.grad, z2.grad, atol=1e-6)
+    assert torch.allclose(e1.grad, e2.grad, atol=1e-6)

@@ -56,15 +56,17 @@ def code_histogram(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
     """Counts per code as fp32 (K,), computed on device without a host sync."""
     flat = indices.reshape(-1)
     counts = torch.zeros(codebook_size, device=flat.device, dtype=torch.float32)
-    return counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    return counts.index_add_(0, flat, torch.ones((), device=flat.device).expand(flat.shape[0]))
 
 
-def histogram_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Usage (fraction of codes used) and perplexity exp(H(p)) of a code histogram."""
-    total = counts.sum().clamp_min(1.0)
-    p = counts / total
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return {"usage": (counts > 0).float().mean(), "perplexity": entropy.exp()}
+def histogram_stats(counts: torch.Tensor, total: int | None = None) -> dict[str, torch.Tensor]:
+    """Usage (fraction of codes used) and perplexity exp(H(p)) of a code histogram.
+
+    ``total`` (the number of assignments, when the caller knows it) saves a reduction.
+    """
+    p = counts / (max(total, 1) if total is not None else counts.sum().clamp_min(1.0))
+    entropy = torch.special.entr(p).sum()               # entr(p) = -p ln p, 0 at p = 0
+    return {"usage": torch.count_nonzero(counts) / counts.numel(), "perplexity": entropy.exp()}
 
 
 class Quantizer(nn.Module):
@@ -172,8 +174,8 @@ class Quantizer(nn.Module):
         counts = code_histogram(idx, self.codebook_size)
         if self.training:
             self.usage_counts += counts
-        stats = histogram_stats(counts)
-        stats["distortion"] = (z.float() - zq.float()).pow(2).mean()
+        stats = histogram_stats(counts, idx.numel())
+        stats["distortion"] = nn.functional.mse_loss(z.float(), zq.float())
         return stats
 
     def extra_repr(self) -> str:

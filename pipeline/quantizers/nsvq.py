@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 
-from .base import modified_straight_through
 from .ns_loss import ns_embedding_loss
+from .table_lookup import table_lookup
 from .vq import TableQuantizer
 
 
@@ -35,12 +35,12 @@ class NSVQ(TableQuantizer):
         self.tau = self.tau0 * self.tau_decay ** math.floor(epoch)
 
     def quantize_flat(self, z):
-        idx, _ = self.search(z)
-        q = self.embedding[idx]
+        idx, dist = self.search(z)
         emb = ns_embedding_loss(z, self.embedding, idx, self.tau, self.lam, chunk_size=self.search_chunk)
-        loss = emb + self.beta * (z - q.detach()).pow(2).mean()
-        a = 2.0 * self.alpha / z.numel()
-        return modified_straight_through(z, q, a), idx, loss
+        # commitment + modified STE (no separate codebook term: the dense loss is that term)
+        zq, commit = table_lookup(z, self.embedding, idx, dist, codebook_weight=0.0, beta=self.beta,
+                                  ste_scale=2.0 * self.alpha / z.numel())
+        return zq, idx, emb + commit
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", lam={self.lam}, tau0={self.tau0}, tau_decay={self.tau_decay}, alpha={self.alpha}"

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Quantizer, straight_through
+from .base import Quantizer
+from .table_lookup import table_lookup
 
 
 class TableQuantizer(Quantizer):
@@ -32,7 +33,6 @@ class VQ(TableQuantizer):
     """VQ-VAE quantizer: nearest code, STE, codebook + beta * commitment loss."""
 
     def quantize_flat(self, z):
-        idx, _ = self.search(z)
-        q = self.embedding[idx]
-        loss = (q - z.detach()).pow(2).mean() + self.beta * (z - q.detach()).pow(2).mean()
-        return straight_through(z, q), idx, loss
+        idx, dist = self.search(z)
+        zq, loss = table_lookup(z, self.embedding, idx, dist, codebook_weight=1.0, beta=self.beta)
+        return zq, idx, loss

@@ -1,0 +1,143 @@
+"""Quantizer step and dense NS loss on the GPU: ours (chunked torch, fused Triton) against
+vector-quantize-pytorch, in one run.
+
+A quantizer step is the forward and backward of one VQ layer on N latents:
+``out = q(z); (out.z_q.sum() + out.loss).backward()``. Peak MB is what the step allocates
+above the inputs (latents, codebook, parameters) that exist before it.
+
+    python bench/bench_quantizer.py [--quick]
+
+Prints one table and writes reports/bench/quantizer.json (or $OUT/quantizer.json).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from common import peak_extra_mb, table, time_cuda, write_json
+
+N = 16_384                     # batch 64 of 16 x 16 latents
+KS = [1_024, 16_384, 65_536, 262_144]
+DS = [8, 64]
+
+
+def our_vq(k: int, d: int, backend: str):
+    from pipeline.quantizers.vq import VQ
+
+    q = VQ(k, d).cuda()
+    with torch.no_grad():
+        q.embedding.normal_()
+    os.environ["NSVQ_SEARCH_BACKEND"] = backend
+
+    def run(z):
+        out = q(z)
+        (out.z_q.sum() + out.loss).backward()
+    return run
+
+
+def vqpytorch(kind: str, k: int, d: int):
+    import vector_quantize_pytorch as vqp
+
+    if kind == "VectorQuantize":
+        q = vqp.VectorQuantize(dim=d, codebook_size=k, decay=0.99, commitment_weight=1.0).cuda().train()
+    else:
+        q = vqp.SimVQ(dim=d, codebook_size=k).cuda().train()
+
+    def run(z):
+        quantized, _, loss = q(z[None])
+        (quantized.sum() + loss.sum()).backward()
+    return run
+
+
+def measure(make, k, d, label, rows, reps):
+    torch.manual_seed(0)
+    try:
+        fn = make()
+        z = torch.randn(N, d, device="cuda", requires_grad=True)
+        step = lambda: fn(z)          # noqa: E731
+        mb = peak_extra_mb(step)
+        ms = time_cuda(step, reps=reps)
+        rows.append({"impl": label, "K": k, "D": d, "ms": ms, "peak_extra_mb": mb})
+    except torch.OutOfMemoryError:
+        rows.append({"impl": label, "K": k, "D": d, "ms": float("nan"), "peak_extra_mb": float("nan"),
+                     "note": "out of memory"})
+    finally:
+        os.environ.pop("NSVQ_SEARCH_BACKEND", None)
+        torch.cuda.empty_cache()
+    print(rows[-1], flush=True)
+
+
+def ns_loss_official_style(z, e, tau, lam):
+    """The NS-VQ reference code's formulation: distance, softmax, one-hot and weights all N x K."""
+    k, d = e.shape
+    dist = (z.detach() ** 2).sum(1, keepdim=True) + (e ** 2).sum(1) - 2 * z.detach() @ e.t()
+    win = dist.argmin(1, keepdim=True)
+    one_hot = torch.zeros(z.shape[0], k, device=z.device).scatter_(1, win, 1)
+    soft = lam * k * torch.softmax(-dist.detach() / tau, dim=1)
+    w = torch.clamp(soft * (1 - one_hot) + one_hot, 0.0, 1.0)
+    return (w * dist / d).sum() / z.shape[0]
+
+
+def ns_rows(k: int, d: int, rows: list, reps: int):
+    from pipeline.quantizers.ns_loss import ns_embedding_loss
+    from pipeline.quantizers.search import nearest_code
+
+    torch.manual_seed(1)
+    z = torch.randn(N, d, device="cuda")
+    e = torch.randn(k, d, device="cuda", requires_grad=True)
+    win, _ = nearest_code(z, e.detach())
+    impls = {
+        "official-style dense": lambda: ns_loss_official_style(z, e, 1.0, 0.01).backward(),
+        "ours chunked torch": lambda: ns_embedding_loss(z, e, win, 1.0, 0.01, backend="torch").backward(),
+        "ours fused triton": lambda: ns_embedding_loss(z, e, win, 1.0, 0.01, backend="triton").backward(),
+    }
+    # Reference gradient in strict fp32 (the timed runs keep TF32 matmuls on, as the anchors did).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    e.grad = None
+    ns_loss_official_style(z, e, 1.0, 0.01).backward()
+    ref = e.grad.detach().clone()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    for label, fn in impls.items():
+        try:
+            e.grad = None
+            fn()
+            rel = ((e.grad - ref).norm() / ref.norm()).item()
+            mb = peak_extra_mb(fn)
+            ms = time_cuda(fn, reps=reps)
+            rows.append({"impl": label, "K": k, "D": d, "ms": ms, "peak_extra_mb": mb, "grad_rel_err": rel})
+        except torch.OutOfMemoryError:
+            rows.append({"impl": label, "K": k, "D": d, "ms": float("nan"), "note": "out of memory"})
+        torch.cuda.empty_cache()
+        print(rows[-1], flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="K = 65,536 and D = 8 only")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True      # the anchors were taken "fp32/tf32"
+    torch.backends.cudnn.allow_tf32 = True
+    ks, ds = ([65_536], [8]) if args.quick else (KS, DS)
+    rows: list[dict] = []
+    for d in ds:
+        for k in ks:
+            big = k * d >= 262_144 * 64
+            reps = 10 if big else 30
+            measure(lambda: vqpytorch("VectorQuantize", k, d), k, d, "vqpytorch VectorQuantize (EMA)", rows, reps)
+            measure(lambda: vqpytorch("SimVQ", k, d), k, d, "vqpytorch SimVQ", rows, reps)
+            measure(lambda: our_vq(k, d, "torch"), k, d, "ours chunked torch", rows, reps)
+            measure(lambda: our_vq(k, d, "triton"), k, d, "ours fused triton", rows, reps)
+    ns: list[dict] = []
+    for d in ds:
+        ns_rows(65_536, d, ns, reps=10)
+    print("\nquantizer step (fwd+bwd), N = 16,384")
+    print(table(rows, ["impl", "K", "D", "ms", "peak_extra_mb", "note"]))
+    print("\ndense NS embedding loss (fwd+bwd), N = 16,384, K = 65,536")
+    print(table(ns, ["impl", "K", "D", "ms", "peak_extra_mb", "grad_rel_err", "note"]))
+    write_json("quantizer.json", {"quantizer_step": rows, "ns_loss": ns, "N": N})
+
+
+if __name__ == "__main__":
+    main()

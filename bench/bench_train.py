@@ -1,0 +1,133 @@
+"""Training step of the NS-VQ paper's CelebA VQ-VAE (128 px, batch 64) on the GPU: the eager
+fp32 step against the optimized one (bf16 autocast for encoder/decoder with the quantizer in
+fp32, channels_last, torch.compile of encoder and decoder, fused quantizer kernels), both
+through pipeline/vq_training.py's step, the one the train_vq stage runs.
+
+Throughput is measured over steps [warmup, steps) of the same run whose loss curve is
+compared (same init, same batches). MFU counts the model's FLOPs (convolutions and matmuls
+from torch's FLOP counter on one eager step, plus the quantizer's analytic FLOPs: search
+2NKD, dense NS loss 6NKD) against the H100 SXM's dense bf16 peak.
+
+    python bench/bench_train.py [--methods nsvq vq] [--k 65536] [--steps 500]
+
+Writes reports/bench/train.json (or $OUT/train.json).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import table, write_json
+from pipeline.config import DataParams, QuantizerParams, TrainVQParams
+from pipeline.configbase import build
+from pipeline.data import load_split, prepare_dataset
+from pipeline.models.autoencoder import VQAutoencoder
+from pipeline.pretraining import encode_images
+from pipeline.quantizers import CodeReplacement, build_quantizer
+from pipeline.training import Trainer
+from pipeline.vq_training import prepare_vq_training
+
+CELEBA = dict(hidden_channels=256, res_channels=256, num_res_blocks=6, downsample=4, code_dim=64)
+PEAK_BF16_DENSE = 989.4e12      # H100 SXM datasheet, dense
+BATCH = 64
+
+
+def demo_images(size: int = 128, n: int = 1024):
+    with tempfile.TemporaryDirectory() as d:
+        prepare_dataset(build(DataParams, {"image_size": size, "demo_train_crops": n, "demo_val_crops": 8}), d)
+        return load_split(d, "train").copy()
+
+
+def make_step(images, method: str, k: int, optimized: bool, seed: int = 0):
+    torch.manual_seed(0)
+    qp = build(QuantizerParams, {"method": method, "codebook_size": k})
+    model = VQAutoencoder(**CELEBA, quantizer=build_quantizer(qp, CELEBA["code_dim"])).cuda()
+    # Codes start on the encoder's latents (as the pipeline's k-means init does); from the
+    # default +-1/K table the first steps only chase the latent scale and the curves are noise.
+    per_image = (128 // CELEBA["downsample"]) ** 2
+    latents = encode_images(model, images[: -(-k // per_image)], "cuda")
+    model.quantizer.init_codebook(latents[torch.randperm(latents.shape[0], device="cuda")[:k]])
+    precision = "bf16" if optimized else "fp32"
+    tp = build(TrainVQParams, {"track_steps": 10**6, "freeze_steps": 0, "batch_size": BATCH, "lr": 2e-4,
+                               "precision": precision, "compile": optimized, "seed": seed})
+    trainer = Trainer("bench", total_steps=10**6, checkpoint_path=None, precision=precision, device="cuda",
+                      progress=False)
+    step_fn, _ = prepare_vq_training(model, images, tp, CodeReplacement.from_params(qp.replacement), trainer)
+    return step_fn, model
+
+
+def model_flops(images, method: str, k: int) -> float:
+    """FLOPs of one training step: counted convs/matmuls (eager) + analytic quantizer work."""
+    step_fn, _ = make_step(images, method, k, optimized=False)
+    step_fn(0)
+    with FlopCounterMode(display=False) as counter:
+        step_fn(1)
+    n = BATCH * (128 // CELEBA["downsample"]) ** 2
+    quant = 2 * n * k * CELEBA["code_dim"] * (4 if method == "nsvq" else 1)
+    return counter.get_total_flops() + quant
+
+
+def run(images, method: str, k: int, optimized: bool, steps: int, warmup: int, seed: int = 0) -> dict:
+    step_fn, _ = make_step(images, method, k, optimized, seed)
+    losses = []
+    t_compile = time.perf_counter()
+    for s in range(warmup):
+        losses.append(step_fn(s)["loss"])
+    torch.cuda.synchronize()
+    warm_s = time.perf_counter() - t_compile
+    t0 = time.perf_counter()
+    for s in range(warmup, steps):
+        losses.append(step_fn(s)["loss"])
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    curve = torch.stack(losses).float().cpu()
+    return {"img_per_s": (steps - warmup) * BATCH / dt, "ms_per_step": 1000 * dt / (steps - warmup),
+            "warmup_s": warm_s, "curve": curve}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", nargs="+", default=["nsvq", "vq"])
+    ap.add_argument("--k", type=int, default=65_536)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=100)
+    a = ap.parse_args()
+    images = demo_images()
+    rows, curves = [], {}
+    for method in a.methods:
+        flops = model_flops(images, method, a.k)
+        eager = run(images, method, a.k, False, a.steps, a.warmup)
+        fast = run(images, method, a.k, True, a.steps, a.warmup)
+        # Same loss curve within noise: 50-step means of eager vs optimized, against the
+        # spread between two eager runs that differ only in the batch order (seed).
+        other = run(images, method, a.k, False, a.steps, a.warmup, seed=1)
+        e, f, o = (r["curve"].reshape(-1, 50).mean(1) for r in (eager, fast, other))
+        rel = ((e - f).abs() / e.abs()).tolist()
+        noise = ((e - o).abs() / e.abs()).tolist()
+
+        for name, r in (("eager fp32", eager), ("optimized", fast)):
+            rows.append({"method": method, "K": a.k, "step": name, "img_per_s": r["img_per_s"],
+                         "ms_per_step": r["ms_per_step"], "warmup_s": r["warmup_s"],
+                         "mfu": flops * r["img_per_s"] / BATCH / PEAK_BF16_DENSE,
+                         "gflop_per_step": flops / 1e9})
+        rows[-1]["speedup"] = fast["img_per_s"] / eager["img_per_s"]
+        curves[method] = {"eager_fp32_50step_means": e.tolist(), "optimized_50step_means": f.tolist(),
+                          "eager_fp32_seed1_50step_means": o.tolist(), "rel_diff_50step_means": rel,
+                          "noise_rel_diff_50step_means": noise, "max_rel_diff": max(rel[1:]),
+                          "max_noise_rel_diff": max(noise[1:])}
+        print(rows[-2], rows[-1], curves[method], flush=True)
+    print(table(rows, ["method", "K", "step", "img_per_s", "ms_per_step", "mfu", "gflop_per_step", "speedup",
+                       "warmup_s"]))
+    for m, c in curves.items():
+        print(f"{m} loss curves (50-step means after the first 50 steps): eager vs optimized max rel diff "
+              f"{c['max_rel_diff']:.3f}; eager seed 0 vs seed 1 (noise) {c['max_noise_rel_diff']:.3f}")
+    write_json("train.json", {"train": rows, "loss_curves": curves, "batch": BATCH, "image_size": 128,
+                              "model": CELEBA, "steps": a.steps, "warmup": a.warmup})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Collect the headline figures of the latest GPU run into reports/bench/summary.json.
+
+    python bench/summarize.py [folder with quantizer.json, kmeans.json, train.json]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from common import OUT
+
+
+def pick(rows, **match):
+    return next(r for r in rows if all(r.get(k) == v for k, v in match.items()))
+
+
+def main() -> None:
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT
+    q = json.loads((src / "quantizer.json").read_text())
+    km = json.loads((src / "kmeans.json").read_text())
+    tr = json.loads((src / "train.json").read_text())
+    ours = pick(q["quantizer_step"], impl="ours fused triton", K=65_536, D=8)
+    vqp = pick(q["quantizer_step"], impl="vqpytorch VectorQuantize (EMA)", K=65_536, D=8)
+    ns = pick(q["ns_loss"], impl="ours fused triton", K=65_536, D=8)
+    fast = pick(tr["train"], method="nsvq", step="optimized")
+    summary = {
+        "quantizer_ms_k65536_d8": ours["ms"],
+        "quantizer_extra_mb_k65536_d8": ours["peak_extra_mb"],
+        "vqpytorch_ms_k65536_d8": vqp["ms"],
+        "ns_loss_ms_k65536_d8": ns["ms"],
+        "kmeans_s_k65536_1m": km["kmeans"]["total_s"],
+        "train_img_per_s_k65536": fast["img_per_s"],
+        "train_speedup_vs_eager_fp32": fast["speedup"],
+        "train_mfu": fast["mfu"],
+        "device": tr["meta"]["device"],
+        "date": tr["meta"]["date"],
+        "commands": sorted({d["meta"]["command"] for d in (q, km, tr)}),
+        "git_commit": tr["meta"]["git_commit"],
+    }
+    (src / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
