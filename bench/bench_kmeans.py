@@ -13,7 +13,16 @@ import time
 import torch
 
 from common import table, write_json
-from pipeline.kmeans import kmeans, kmeans_plus_plus
+from pipeline.kmeans import kmeans, kmeans_plus_plus, lloyd_step
+from pipeline.quantizers.search import nearest_code
+
+
+def _timed(fn) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def latents(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -42,7 +51,11 @@ def main() -> None:
     res = kmeans(x, a.k, iters=a.iters, seed=0)
     torch.cuda.synchronize()
     total_s = time.perf_counter() - t0
+    # Breakdown of one Lloyd iteration: the search alone, then the whole step.
+    search_s = _timed(lambda: nearest_code(x, res.centers))
+    lloyd_s = _timed(lambda: lloyd_step(x, res.centers))
     row = {"K": a.k, "N": a.n, "D": a.d, "iters": a.iters, "seeding_s": seed_s, "total_s": total_s,
+           "one_search_s": search_s, "one_lloyd_step_s": lloyd_s,
            "inertia_first": res.inertia_history[0], "inertia_final": res.inertia,
            "empty_fraction": res.empty_fraction}
     print(table([row], list(row)))

@@ -51,12 +51,29 @@ def vqpytorch(kind: str, k: int, d: int):
     return run
 
 
-def measure(make, k, d, label, rows, reps):
+def graphed(step):
+    """The same step captured once in a CUDA graph and replayed: GPU time without Python's
+    per-op launch cost (possible because the step has no host syncs)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def measure(make, k, d, label, rows, reps, graph=False):
     torch.manual_seed(0)
     try:
         fn = make()
         z = torch.randn(N, d, device="cuda", requires_grad=True)
         step = lambda: fn(z)          # noqa: E731
+        if graph:
+            step = graphed(step)
         mb = peak_extra_mb(step)
         ms = time_cuda(step, reps=reps)
         rows.append({"impl": label, "K": k, "D": d, "ms": ms, "peak_extra_mb": mb})
@@ -129,6 +146,7 @@ def main() -> None:
             measure(lambda: vqpytorch("SimVQ", k, d), k, d, "vqpytorch SimVQ", rows, reps)
             measure(lambda: our_vq(k, d, "torch"), k, d, "ours chunked torch", rows, reps)
             measure(lambda: our_vq(k, d, "triton"), k, d, "ours fused triton", rows, reps)
+            measure(lambda: our_vq(k, d, "triton"), k, d, "ours fused triton, CUDA graph", rows, reps, graph=True)
     ns: list[dict] = []
     for d in ds:
         ns_rows(65_536, d, ns, reps=10)

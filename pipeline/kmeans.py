@@ -40,6 +40,7 @@ class _PlusPlusState:
         self.centers = torch.empty(k, x.shape[1], device=dev, dtype=x.dtype)
         first = int(torch.randint(0, n, (1,), generator=generator))
         self.centers[0] = x[first]
+        self.x2 = x.pow(2).sum(1)
         self.d2 = (x - x[first]).pow(2).sum(1)
         # All uniforms up front (one transfer), consumed one per draw through the index j.
         self.u = torch.rand(k, generator=generator, dtype=torch.float64).to(dev)
@@ -54,7 +55,10 @@ class _PlusPlusState:
         pick = torch.minimum(torch.searchsorted(cdf, target), self.last)
         c = self.x.index_select(0, pick)
         self.centers.index_copy_(0, self.j, c)
-        torch.minimum(self.d2, (self.x - c).pow(2).sum(1), out=self.d2)
+        # ||x||^2 - 2 x.c + ||c||^2 as one matrix-vector product: one read of x per draw
+        # (the draw is memory-bound); the clamp absorbs cancellation below zero.
+        d_new = torch.addmv(self.x2 + c.pow(2).sum(), self.x, c[0], alpha=-2.0).clamp_(min=0.0)
+        torch.minimum(self.d2, d_new, out=self.d2)
         self.j += 1
 
 
