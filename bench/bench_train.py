@@ -22,11 +22,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import table, write_json
-from pipeline.config import DataParams, QuantizerParams, TrainVQParams
+from pipeline.config import DataParams, PretrainParams, QuantizerParams, TrainVQParams
 from pipeline.configbase import build
 from pipeline.data import load_split, prepare_dataset
 from pipeline.models.autoencoder import VQAutoencoder
-from pipeline.pretraining import encode_images
+from pipeline.pretraining import encode_images, pretrain_autoencoder
 from pipeline.quantizers import CodeReplacement, build_quantizer
 from pipeline.training import Trainer
 from pipeline.vq_training import prepare_vq_training
@@ -42,19 +42,32 @@ def demo_images(size: int = 128, n: int = 1024):
         return load_split(d, "train").copy()
 
 
-def make_step(images, method: str, k: int, optimized: bool, seed: int = 0):
+def pretrained_autoencoder(images) -> dict:
+    """Encoder/decoder weights after a short continuous pretrain, as the pipeline's pretrain
+    stage gives train_vq (from an untrained encoder the VQ losses spike into the thousands
+    and no two runs, even two eager ones, follow the same curve)."""
+    torch.manual_seed(0)
+    model = VQAutoencoder(**CELEBA)
+    pp = build(PretrainParams, {"steps": 300, "batch_size": BATCH, "lr": 5e-4, "precision": "bf16"})
+    trainer = Trainer("pretrain", total_steps=pp.steps, checkpoint_path=None, precision="bf16", device="cuda",
+                      progress=False)
+    pretrain_autoencoder(model, images, pp, trainer)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def make_step(images, method: str, k: int, optimized: bool, seed: int = 0, weights: dict | None = None):
     torch.manual_seed(0)
     qp = build(QuantizerParams, {"method": method, "codebook_size": k})
     model = VQAutoencoder(**CELEBA, quantizer=build_quantizer(qp, CELEBA["code_dim"])).cuda()
-    # Codes start on the encoder's latents (as the pipeline's k-means init does); from the
-    # default +-1/K table the first steps only chase the latent scale and the curves are noise.
+    if weights is not None:
+        model.load_state_dict(weights, strict=False)          # the quantizer is new
+    # Codes start on the encoder's latents (as the pipeline's k-means init does).
     per_image = (128 // CELEBA["downsample"]) ** 2
     latents = encode_images(model, images[: -(-k // per_image)], "cuda")
     model.quantizer.init_codebook(latents[torch.randperm(latents.shape[0], device="cuda")[:k]])
     precision = "bf16" if optimized else "fp32"
-    # Gradient clipping keeps this from-scratch run stable enough for its loss curves to compare.
     tp = build(TrainVQParams, {"track_steps": 10**6, "freeze_steps": 0, "batch_size": BATCH, "lr": 2e-4,
-                               "grad_clip": 1.0, "precision": precision, "compile": optimized, "seed": seed})
+                               "precision": precision, "compile": optimized, "seed": seed})
     trainer = Trainer("bench", total_steps=10**6, checkpoint_path=None, precision=precision, device="cuda",
                       progress=False)
     step_fn, _ = prepare_vq_training(model, images, tp, CodeReplacement.from_params(qp.replacement), trainer)
@@ -72,8 +85,9 @@ def model_flops(images, method: str, k: int) -> float:
     return counter.get_total_flops() + quant
 
 
-def run(images, method: str, k: int, optimized: bool, steps: int, warmup: int, seed: int = 0) -> dict:
-    step_fn, _ = make_step(images, method, k, optimized, seed)
+def run(images, method: str, k: int, optimized: bool, steps: int, warmup: int, seed: int = 0,
+        weights: dict | None = None) -> dict:
+    step_fn, _ = make_step(images, method, k, optimized, seed, weights)
     losses = []
     t_compile = time.perf_counter()
     for s in range(warmup):
@@ -98,14 +112,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     a = ap.parse_args()
     images = demo_images()
+    weights = pretrained_autoencoder(images)
     rows, curves = [], {}
     for method in a.methods:
         flops = model_flops(images, method, a.k)
-        eager = run(images, method, a.k, False, a.steps, a.warmup)
-        fast = run(images, method, a.k, True, a.steps, a.warmup)
+        eager = run(images, method, a.k, False, a.steps, a.warmup, weights=weights)
+        fast = run(images, method, a.k, True, a.steps, a.warmup, weights=weights)
         # Same loss curve within noise: 50-step means of eager vs optimized, against the
         # spread between two eager runs that differ only in the batch order (seed).
-        other = run(images, method, a.k, False, a.steps, a.warmup, seed=1)
+        other = run(images, method, a.k, False, a.steps, a.warmup, seed=1, weights=weights)
         e, f, o = (r["curve"].reshape(-1, 50).mean(1) for r in (eager, fast, other))
         rel = ((e - f).abs() / e.abs()).tolist()
         noise = ((e - o).abs() / e.abs()).tolist()

@@ -72,13 +72,20 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 
 def meta() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     return {"device": device_name(), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "triton": _triton_version(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "git_commit": commit or os.environ.get("NSVQ_GIT_COMMIT", "")}
+            "git_commit": _git_commit()}
+
+
+def _git_commit() -> str:
+    """$NSVQ_GIT_COMMIT (the GPU box gets the tree without .git), else git's HEAD."""
+    if os.environ.get("NSVQ_GIT_COMMIT"):
+        return os.environ["NSVQ_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def _triton_version() -> str:
