@@ -21,12 +21,14 @@ def main() -> None:
     km = json.loads((src / "kmeans.json").read_text())
     tr = json.loads((src / "train.json").read_text())
     ours = pick(q["quantizer_step"], impl="ours fused triton", K=65_536, D=8)
+    graphed = pick(q["quantizer_step"], impl="ours fused triton, CUDA graph", K=65_536, D=8)
     vqp = pick(q["quantizer_step"], impl="vqpytorch VectorQuantize (EMA)", K=65_536, D=8)
     ns = pick(q["ns_loss"], impl="ours fused triton", K=65_536, D=8)
     fast = pick(tr["train"], method="nsvq", step="optimized")
     summary = {
         "quantizer_ms_k65536_d8": ours["ms"],
         "quantizer_extra_mb_k65536_d8": ours["peak_extra_mb"],
+        "quantizer_graph_ms_k65536_d8": graphed["ms"],
         "vqpytorch_ms_k65536_d8": vqp["ms"],
         "ns_loss_ms_k65536_d8": ns["ms"],
         "kmeans_s_k65536_1m": km["kmeans"]["total_s"],
@@ -36,7 +38,8 @@ def main() -> None:
         "device": tr["meta"]["device"],
         "date": tr["meta"]["date"],
         "commands": sorted({d["meta"]["command"] for d in (q, km, tr)}),
-        "git_commit": tr["meta"]["git_commit"],
+        "git_commits": {name: d["meta"]["git_commit"] for name, d in
+                        (("quantizer.json", q), ("kmeans.json", km), ("train.json", tr))},
     }
     (src / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(json.dumps(summary, indent=2, sort_keys=True))
