@@ -21,7 +21,11 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from .images import images_to_input
 from .metric_nets import fid_feature_fn, load_lpips
+
+# Smallest image side each LPIPS backbone accepts (smaller images are upsampled to it).
+LPIPS_MIN_SIDE = {"alex": 32, "vgg": 16}
 
 __all__ = [
     "fid",
@@ -128,15 +132,22 @@ def lpips_distance(images_a: np.ndarray, images_b: np.ndarray, *, net: str = "al
     """Per-image LPIPS v0.1 distance ``(N,)`` float32.
 
     Images are fed as the official ``lpips`` scripts do (``lpips.im2tensor``): RGB, NCHW,
-    scaled to [-1, 1], at their own resolution (no resizing). AlexNet needs at least about
-    32x32 pixels.
+    scaled to [-1, 1], at their own resolution. The one exception: images smaller than the
+    backbone accepts (AlexNet's strided conv and two pools need a 31-pixel side, VGG's four
+    pools 16) are upsampled bilinearly to that side first; the official code would fail there.
     """
     images_a, images_b = _check_pair(images_a, images_b)
     model = load_lpips(net, device)
+    min_side = LPIPS_MIN_SIDE[net]
 
     def to_tensor(x: np.ndarray) -> torch.Tensor:
         # A copy rather than from_numpy: inputs may be read-only (memory-mapped or decoded images).
-        return torch.tensor(x, device=device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        t = images_to_input(torch.tensor(x, device=device))
+        side = min(t.shape[-2:])
+        if side < min_side:
+            t = torch.nn.functional.interpolate(t, scale_factor=min_side / side, mode="bilinear",
+                                                align_corners=False)
+        return t
 
     out = [np.empty(0, np.float32)]
     with torch.no_grad():
