@@ -70,8 +70,10 @@ def _record_imports() -> None:
     if not out:
         return
     root = Path.cwd().resolve()
-    files = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
-                    if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)})
+    # Only absolute module paths: a few of torch's internal modules carry a bare relative __file__.
+    paths = [Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)]
+    files = sorted({str(p.resolve().relative_to(root)) for p in paths
+                    if p.is_absolute() and p.resolve().is_relative_to(root)})
     stage = sys.modules["__main__"].__spec__.name.rsplit(".", 1)[-1]
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"{stage}.txt").write_text("\n".join(files) + "\n")

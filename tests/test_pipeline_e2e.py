@@ -1,0 +1,168 @@
+"""End to end: the real `dvc repro` on tiny params in a temporary copy of the repository.
+
+Checks metrics.json and the MLflow runs of a full run, that changing a param reruns only
+the stages downstream of it, that prepare is byte-deterministic (a forced rerun leaves
+the pipeline up to date), that every stage's dvc.yaml deps are exactly the code it runs,
+and that a bad param stops a stage before it writes anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+# Imported only on CUDA machines (the fused kernels), so a CPU run cannot record them.
+GPU_ONLY = {"pipeline/kernels/__init__.py", "pipeline/kernels/search_triton.py",
+            "pipeline/kernels/ns_loss_triton.py"}
+STAGES = ["prepare", "pretrain", "kmeans_init", "train_vq", "evaluate"]
+
+TINY = {
+    "data": {"image_size": 32, "demo_train_crops": 96, "demo_val_crops": 12},
+    "model": {"hidden_channels": 16, "res_channels": 8, "num_res_blocks": 1, "downsample": 4, "code_dim": 8},
+    "quantizer": {"codebook_size": 16, "replacement": {"period": 10}},
+    "pretrain": {"steps": 30, "batch_size": 8, "log_every": 5, "checkpoint_every": 10},
+    "kmeans_init": {"iters": 5},
+    "train_vq": {"track_steps": 20, "freeze_steps": 10, "batch_size": 8, "log_every": 5, "checkpoint_every": 10},
+    "evaluate": {"batch_size": 16},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def _source_only(top: Path):
+    """copytree filter: the repository's sources, without run outputs or local environments."""
+    top_level = {".git", ".venv", ".cache", ".dvc_tmp", "data", "models", "checkpoints", "mlflow.db",
+                 "mlartifacts", "mlruns", "dvc.lock", "reports", ".imports"}
+    anywhere = shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.egg-info")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skip = set(anywhere(folder, names))
+        if Path(folder).resolve() == top.resolve():
+            skip |= top_level & set(names)
+        return skip
+    return ignore
+
+
+def _set_params(root: Path, over: dict) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, over), sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, prefect_api_url):
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(REPO, root, dirs_exist_ok=True, ignore=_source_only(REPO))
+    (root / "reports").mkdir()
+    _set_params(root, TINY)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "NSVQ_RECORD_IMPORTS": str(root / ".imports"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "NSVQ_DEVICE": "cpu"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, check=True, env=env)
+    return root, env
+
+
+def _repro(root: Path, env: dict, *args: str) -> list[str]:
+    """Run `dvc repro` and return the stages it ran, in order."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro", *args], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return re.findall(r"Running stage '([^']+)'", out.stdout)
+
+
+def _mlflow_children(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("nsvq-pipeline")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
+    return client, runs
+
+
+def test_full_pipeline_then_selective_reruns(workdir):
+    root, env = workdir
+    assert _repro(root, env) == STAGES
+
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    for key in ("rfid", "lpips", "ssim", "psnr", "codebook_usage", "perplexity", "distortion_per_bit"):
+        assert isinstance(metrics[key], float), key
+    assert 0 < metrics["codebook_usage"] <= 1 and 1 <= metrics["perplexity"] <= 16
+    assert metrics["rfid"] > 0 and 0 < metrics["lpips"] < 1 and metrics["psnr"] > 5
+    for plot in ("reconstructions.png", "codebook_usage.png", "loss_curves.png"):
+        assert (root / "reports" / "plots" / plot).stat().st_size > 1000
+
+    client, runs = _mlflow_children(root)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert [c.data.tags["nsvq.stage"] for c in children] == STAGES
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert all(r.data.tags["git_commit"] == head for r in runs)
+    vq_run = next(c for c in children if c.data.tags["nsvq.stage"] == "train_vq")
+    assert len(client.get_metric_history(vq_run.info.run_id, "loss")) == 6          # step-wise, every 5 steps
+    assert vq_run.data.params["quantizer.method"] == "nsvq"
+    assert "checkpoint_reference.json" in {a.path for a in client.list_artifacts(vq_run.info.run_id)}
+    assert parents[0].data.metrics["rfid"] == pytest.approx(metrics["rfid"], rel=1e-4)
+    assert parents[0].data.params["train_vq.track_steps"] == "20"
+
+    # Every stage's deps are exactly the code it ran.
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+    for stage in STAGES:
+        ran = set((root / ".imports" / f"{stage}.txt").read_text().split())
+        listed = set()
+        for dep in dvc["stages"][stage]["deps"]:
+            path = root / dep
+            if path.is_dir():
+                listed |= {str(p.relative_to(root)) for p in path.rglob("*.py")}
+            elif dep.endswith(".py"):
+                listed.add(dep)
+        assert ran <= listed, f"{stage} runs code not in its deps: {sorted(ran - listed)}"
+        assert listed - ran <= GPU_ONLY, f"{stage} lists code it does not run: {sorted(listed - ran - GPU_ONLY)}"
+
+    # A forced prepare writes byte-identical data, so nothing downstream is stale.
+    assert _repro(root, env, "--force", "--single-item", "prepare") == ["prepare"]
+    assert _repro(root, env) == []
+
+    # A train_vq param reruns train_vq and evaluate only; an evaluate param, evaluate only.
+    _set_params(root, {"train_vq": {"lr": 0.001}})
+    assert _repro(root, env) == ["train_vq", "evaluate"]
+    _set_params(root, {"evaluate": {"grid_images": 4}})
+    assert _repro(root, env) == ["evaluate"]
+
+    _, runs = _mlflow_children(root)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 4   # full run, forced prepare, train_vq change, evaluate change
+    last = [r.data.tags["nsvq.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
+    assert last == ["evaluate"]
+
+
+def test_bad_param_stops_stage_before_writing(workdir, tmp_path):
+    root, env = workdir
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad, ignore=_source_only(root))
+    _set_params(bad, {"train_vq": {"lr": -1.0}})
+    out = subprocess.run([sys.executable, "-m", "stages.train_vq"], cwd=bad, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert "train_vq.lr: -1.0 is out of range" in out.stderr
+    assert not (bad / "models").exists() and not (bad / "mlflow.db").exists()
