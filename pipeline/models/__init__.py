@@ -1,0 +1,1 @@
+"""Networks: the VQ-VAE autoencoder (autoencoder.py) and saving/loading it (io.py)."""
