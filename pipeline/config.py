@@ -182,11 +182,74 @@ class TrainVQParams(LoopParams):
 
 
 @dataclass
+class RefineGANParams(LoopParams):
+    """refine_gan: adversarial refinement of the tokenizer (VQGAN's loss, Esser et al. 2021).
+
+    Generator loss: rec + perceptual_weight * LPIPS + lambda * disc_weight * L_G, lambda the
+    adaptive weight ||grad L_rec|| / (||grad L_G|| + 1e-4) at the decoder's last layer.
+    The discriminator trains from step 0; the generator's GAN term switches on at
+    ``disc_start``. ``steps: 0`` passes models/vq.pt through unchanged.
+    """
+    steps: int = param(300, ge=0, doc="refinement steps; 0 skips the stage (tokenizer = train_vq's model)")
+    lr: float = param(1e-4, gt=0, doc="generator (decoder, and encoder/codebook if trained) learning rate")
+    disc_lr: float = param(0.0, ge=0, doc="discriminator learning rate; 0: same as lr")
+    disc_start: int = param(100, ge=0, doc="discriminator warm-up: steps before the generator's GAN term switches on")
+    disc_weight: float = param(0.1, ge=0, doc="scale of the adaptive GAN weight (VQGAN: 0.8)")
+    perceptual_weight: float = param(1.0, ge=0, doc="weight of the LPIPS term")
+    perceptual_net: Literal["alex", "vgg"] = param("alex", doc="LPIPS backbone of the perceptual loss (VQGAN: vgg)")
+    rec_loss: Literal["l1", "mse"] = param("l1", doc="pixel reconstruction loss (VQGAN: l1)")
+    gan_loss: Literal["hinge", "non_saturating"] = param("hinge", doc="GAN objective of both players")
+    train: Literal["decoder", "decoder_encoder_codebook"] = param(
+        "decoder", doc="what the generator updates; 'decoder' keeps encoder and codebook (so the tokens) fixed")
+    disc_layers: int = param(2, ge=1, le=6, doc="strided conv layers of the patch discriminator")
+    disc_channels: int = param(64, ge=1, doc="width of the discriminator's first layer (doubles per layer, max 8x)")
+    grid_images: int = param(8, ge=1, le=64, doc="validation images in the before/after grid")
+
+
+@dataclass
+class PriorParams(LoopParams):
+    """train_prior: a GPT-style autoregressive transformer over raster-ordered token grids.
+
+    Sequence: the grid's positions in raster order, the ``quantizer.levels`` codes of a
+    position consecutive, after a start token. lr: linear warm-up, then cosine decay to
+    ``lr * min_lr_ratio``. ``steps: 0`` trains no prior (evaluate reports gfid as null).
+    """
+    steps: int = param(800, ge=0, doc="training steps; 0: no prior (tokens are still cached)")
+    batch_size: int = param(32, ge=1)
+    lr: float = param(1e-3, gt=0, doc="peak learning rate")
+    weight_decay: float = param(0.01, ge=0)
+    grad_clip: float = param(1.0, ge=0, doc="max grad norm; 0 disables clipping")
+    layers: int = param(4, ge=1)
+    heads: int = param(4, ge=1)
+    width: int = param(128, ge=1, doc="model width; divisible by heads")
+    mlp_ratio: float = param(4.0, gt=0)
+    dropout: float = param(0.1, ge=0, lt=1)
+    warmup_steps: int = param(50, ge=0, doc="linear lr warm-up steps")
+    min_lr_ratio: float = param(0.1, ge=0, le=1, doc="the cosine decays the lr to lr * min_lr_ratio")
+    num_samples: int = param(128, ge=0, doc="token grids sampled and decoded to images (for gFID); 0 or >= 2")
+    temperature: float = param(1.0, gt=0, doc="sampling temperature")
+    top_k: int = param(0, ge=0, doc="sample from the k most likely codes; 0: from all")
+
+    def check(self) -> None:
+        if self.width % self.heads:
+            fail(self, "width", f"must be divisible by heads ({self.heads})")
+        if self.num_samples == 1:
+            fail(self, "num_samples", "must be 0 or at least 2 (FID needs two samples)")
+        if self.steps and self.warmup_steps > self.steps:
+            fail(self, "warmup_steps", f"must be <= steps ({self.steps})")
+
+
+@dataclass
 class EvaluateParams:
     batch_size: int = param(64, ge=1)
     max_images: int = param(0, ge=0, doc="cap on validation images (0: all)")
     grid_images: int = param(16, ge=1, le=256)
     lpips_net: Literal["alex", "vgg"] = "alex"
+    gfid_samples: int = param(0, ge=0, doc="prior samples in the generation FID; 0: all of train_prior.num_samples")
+
+    def check(self) -> None:
+        if self.gfid_samples == 1:
+            fail(self, "gfid_samples", "must be 0 (all) or at least 2 (FID needs two samples)")
 
 
 @dataclass
@@ -197,6 +260,8 @@ class Params:
     pretrain: PretrainParams = field(default_factory=PretrainParams)
     kmeans_init: KMeansParams = field(default_factory=KMeansParams)
     train_vq: TrainVQParams = field(default_factory=TrainVQParams)
+    refine_gan: RefineGANParams = field(default_factory=RefineGANParams)
+    train_prior: PriorParams = field(default_factory=PriorParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def check(self) -> None:
@@ -204,6 +269,16 @@ class Params:
             raise ConfigError(
                 f"data.image_size: {self.data.image_size} is not divisible by "
                 f"model.downsample ({self.model.downsample})")
+        # The patch discriminator halves the image disc_layers times, then two 4x4 convs
+        # (stride 1, padding 1) take one pixel each: at least one logit must remain.
+        if self.data.image_size >> self.refine_gan.disc_layers < 3:
+            fail(self.refine_gan, "disc_layers",
+                 f"is too deep for data.image_size {self.data.image_size} "
+                 f"(needs image_size / 2**disc_layers >= 3)")
+        if self.train_prior.top_k > self.quantizer.codebook_size:
+            fail(self.train_prior, "top_k", f"must be <= quantizer.codebook_size ({self.quantizer.codebook_size})")
+        if self.train_prior.steps and self.evaluate.gfid_samples > self.train_prior.num_samples:
+            fail(self.evaluate, "gfid_samples", f"must be <= train_prior.num_samples ({self.train_prior.num_samples})")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

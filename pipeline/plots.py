@@ -56,12 +56,15 @@ def usage_histogram(counts: np.ndarray) -> bytes:
 
 
 def loss_curves(histories: dict[str, list[dict[str, float]]], keys=("loss", "rec_loss")) -> bytes:
-    """PNG with one panel per stage: the logged losses against the step."""
+    """PNG with one panel per stage: the logged losses against the step (log scale; only
+    positive values are drawn). ``keys``: the keys for every stage, or a dict of them per
+    stage (stages not in it get ("loss", "rec_loss"))."""
     plt = _figure()
     fig, axes = plt.subplots(1, max(1, len(histories)), figsize=(5 * max(1, len(histories)), 3), squeeze=False)
     for ax, (stage, hist) in zip(axes[0], histories.items()):
-        for key in keys:
-            pts = [(h["step"], h[key]) for h in hist if h.get(key) is not None]
+        stage_keys = keys.get(stage, ("loss", "rec_loss")) if isinstance(keys, dict) else keys
+        for key in stage_keys:
+            pts = [(h["step"], h[key]) for h in hist if h.get(key) is not None and h[key] > 0]
             if pts:
                 ax.plot(*zip(*pts), label=key)
         ax.set_title(stage)
@@ -69,6 +72,15 @@ def loss_curves(histories: dict[str, list[dict[str, float]]], keys=("loss", "rec
         ax.set_yscale("log")
         ax.legend(fontsize=7)
     fig.tight_layout()
+    return _png(fig)
+
+
+def message(text: str) -> bytes:
+    """PNG holding one line of text (a stand-in figure, e.g. when no prior was trained)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
     return _png(fig)
 
 

@@ -269,13 +269,18 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_cl
     optimizer.step()
 
 
-def make_adam(params, lp) -> torch.optim.Optimizer:
-    """Adam (AdamW when weight_decay > 0) from a LoopParams section; fused kernels on CUDA."""
+def make_adam(params, lp, *, lr: float | None = None, betas: tuple[float, float] = (0.9, 0.999)
+              ) -> torch.optim.Optimizer:
+    """Adam (AdamW when weight_decay > 0) from a LoopParams section; fused kernels on CUDA.
+
+    ``lr`` overrides ``lp.lr`` (e.g. a discriminator's own rate); ``betas`` as in torch
+    (GAN training uses (0.5, 0.9), as VQGAN does)."""
     params = [p for p in params if p.requires_grad]
     fused = bool(params) and params[0].is_cuda
+    lr = lp.lr if lr is None else lr
     if lp.weight_decay > 0:
-        return torch.optim.AdamW(params, lr=lp.lr, weight_decay=lp.weight_decay, fused=fused)
-    return torch.optim.Adam(params, lr=lp.lr, fused=fused)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=lp.weight_decay, fused=fused)
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
 
 
 def compile_autoencoder(model, enabled: bool) -> None:

@@ -7,6 +7,7 @@ Prefect's local ephemeral server, so stages work offline.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,10 @@ PREPARED = Path("data/prepared")
 PRETRAIN_MODEL = Path("models/pretrain.pt")
 CODEBOOK_INIT = Path("models/codebook_init.pt")
 VQ_MODEL = Path("models/vq.pt")
+TOKENIZER = Path("models/tokenizer.pt")
+PRIOR_MODEL = Path("models/prior.pt")
+TOKENS = Path("data/tokens")
+SAMPLES = Path("data/samples")
 REPORTS = Path("reports")
 PLOTS = REPORTS / "plots"
 CHECKPOINTS = Path("checkpoints")
@@ -85,6 +90,31 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path):
+    """Yield an empty temp folder beside ``path``; on success it replaces ``path`` (a DVC
+    output folder), on error it is removed and ``path`` stays as it was."""
+    import shutil
+    import tempfile
+
+    from pipeline.data import _replace_dir
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.", dir=path.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o777 & ~_umask())
+        _replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, obj: Any) -> None:

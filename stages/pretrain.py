@@ -1,6 +1,7 @@
 """DVC stage `pretrain`: the encoder + decoder as a continuous autoencoder -> models/pretrain.pt."""
 from __future__ import annotations
 
+import torch
 from prefect import flow
 
 from pipeline.configbase import to_dict
@@ -22,6 +23,7 @@ def pretrain(p, run) -> dict:
     trainer = Trainer("pretrain", total_steps=pp.steps, checkpoint_path=CHECKPOINTS / "pretrain.pt",
                       run_fingerprint=fingerprint(to_dict(p.model), to_dict(pp), manifest["sha256"]),
                       checkpoint_every=pp.checkpoint_every, log_every=pp.log_every, precision=pp.precision)
+    torch.manual_seed(pp.seed)            # the initial weights are part of what params fix
     model = VQAutoencoder.from_params(p.model)
     result = pretrain_autoencoder(model, train_images, pp, trainer, on_log=lambda s, m: run.log_metrics(m, s))
     save_autoencoder(PRETRAIN_MODEL, model, p.model, meta={"steps": result.steps, "final": result.final})

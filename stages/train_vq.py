@@ -10,7 +10,7 @@ from pipeline.models.io import load_autoencoder, save_autoencoder
 from pipeline.quantizers import CodeReplacement, build_quantizer
 from pipeline.tracking import stage_run
 from pipeline.training import Trainer, fingerprint
-from pipeline.vq_training import train_vq
+from pipeline.vq_training import steps_per_epoch, train_vq
 from stages.common import CHECKPOINTS, CODEBOOK_INIT, PLOTS, PREPARED, PRETRAIN_MODEL, REPORTS, VQ_MODEL, \
     load_params, main, require, stage_task, write_history_csv, write_json
 
@@ -21,6 +21,7 @@ def train(p, run) -> dict:
     tp, qp = p.train_vq, p.quantizer
     manifest = load_manifest(PREPARED)
     model, _ = load_autoencoder(PRETRAIN_MODEL)
+    torch.manual_seed(tp.seed)            # the quantizer's initial tables are part of what params fix
     model.quantizer = build_quantizer(qp, p.model.code_dim)
     # Methods whose codebook is a transform of a frozen table (simvq, transvq) or that
     # initialise themselves (sf_diveq) skip the k-means codes.
@@ -33,7 +34,11 @@ def train(p, run) -> dict:
                       checkpoint_every=tp.checkpoint_every, log_every=tp.log_every, precision=tp.precision)
     result = train_vq(model, load_split(PREPARED, "train"), tp, CodeReplacement.from_params(qp.replacement),
                       trainer, on_log=lambda s, m: run.log_metrics(m, s))
-    save_autoencoder(VQ_MODEL, model, p.model, qp, meta={"steps": result.steps, "final": result.final})
+    # Where the quantizer's schedules (NS-VQ's tau, Gumbel's temperature) stopped: refine_gan
+    # continues from there when it trains the codebook.
+    progress = {"step": total, "epoch": total / steps_per_epoch(tp, manifest["counts"]["train"])}
+    save_autoencoder(VQ_MODEL, model, p.model, qp,
+                     meta={"steps": result.steps, "final": result.final, "progress": progress})
     write_history_csv(PLOTS / "loss_train_vq.csv", result.history)
     summary = {"train_seconds": result.seconds, "steps": result.steps,
                **{f"final_{k}": v for k, v in result.final.items()}}

@@ -39,6 +39,15 @@ def test_repo_params_load_and_round_trip():
     (lambda r: r["data"].__setitem__("image_size", 34), "data.image_size", "34"),
     (lambda r: r["train_vq"].__setitem__("kmeans_init", "yes"), "train_vq.kmeans_init", "'yes'"),
     (lambda r: r["evaluate"].__setitem__("batch_size", 2.5), "evaluate.batch_size", "2.5"),
+    (lambda r: r["refine_gan"].__setitem__("gan_loss", "wasserstein"), "refine_gan.gan_loss", "'wasserstein'"),
+    (lambda r: r["refine_gan"].__setitem__("train", "encoder"), "refine_gan.train", "'encoder'"),
+    (lambda r: r["refine_gan"].__setitem__("steps", -1), "refine_gan.steps", "-1"),
+    (lambda r: r["refine_gan"].__setitem__("disc_layers", 4), "refine_gan.disc_layers", "4"),
+    (lambda r: r["train_prior"].__setitem__("width", 130), "train_prior.width", "130"),
+    (lambda r: r["train_prior"].__setitem__("dropout", 1.0), "train_prior.dropout", "1.0"),
+    (lambda r: r["train_prior"].__setitem__("num_samples", 1), "train_prior.num_samples", "1"),
+    (lambda r: r["train_prior"].__setitem__("top_k", 513), "train_prior.top_k", "513"),
+    (lambda r: r["evaluate"].__setitem__("gfid_samples", 1000), "evaluate.gfid_samples", "1000"),
 ])
 def test_bad_values_name_key_and_value(tmp_path, mutate, key, value):
     with pytest.raises(ConfigError) as e:
@@ -62,3 +71,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_skipping_the_prior_lifts_the_gfid_sample_check(tmp_path):
+    def mutate(r):
+        r["train_prior"]["steps"] = 0
+        r["evaluate"]["gfid_samples"] = 1000
+    p = _load(tmp_path, mutate)
+    assert p.train_prior.steps == 0 and p.evaluate.gfid_samples == 1000

@@ -1,0 +1,104 @@
+"""One cell of a study = one DVC experiment: ``dvc exp run --temp -n <name> -S ...``.
+
+``--temp`` runs the experiment in a temporary copy of the repository (committed code plus
+workspace changes to tracked files; untracked files are left out), so the workspace, its
+params.yaml included, is never touched and cells cannot see each other's outputs. Stages
+whose deps and params match an earlier run (prepare, pretrain, kmeans_init for a K seen
+before) are restored from DVC's run-cache instead of rerun, so a cell costs train_vq and
+what follows it.
+
+Every cell gets the same budget overrides on top of its method and K, and a stable name,
+``study-<method>-k<K>``. An experiment of that name left by an earlier study is removed
+first (DVC refuses a duplicate name, and ``dvc exp run -f`` would also force every stage,
+pretraining included, to rerun); a cell identical to an earlier one is then restored from
+the run-cache in seconds, so rerunning a study resumes it.
+
+The subprocess environment points MLflow at the repository's own store (a temporary copy
+would otherwise create its own mlflow.db and lose it) and Prefect at the API the study runs
+against, so the stages' flows and runs land next to the study's.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ERROR_CHARS = 400
+
+
+@dataclass
+class CellRun:
+    method: str
+    K: int
+    name: str
+    status: str                  # "ok" or "failed"
+    error: str = ""
+    wall_seconds: float = 0.0    # the whole ``dvc exp run``, restored stages included
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def experiment_name(method: str, k: int) -> str:
+    return f"study-{method}-k{k}"
+
+
+def set_args(overrides: dict[str, str]) -> list[str]:
+    """{"a.b": "1"} -> ["-S", "a.b=1"] in a fixed (sorted) order."""
+    return [arg for key in sorted(overrides) for arg in ("-S", f"{key}={overrides[key]}")]
+
+
+def exp_run_command(method: str, k: int, overrides: dict[str, str]) -> list[str]:
+    cell = {**overrides, "quantizer.method": method, "quantizer.codebook_size": str(k)}
+    return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", experiment_name(method, k), *set_args(cell)]
+
+
+def cell_env(repo: Path, prefect_api_url: str | None) -> dict[str, str]:
+    """The environment of a cell's ``dvc exp run`` (see the module docstring)."""
+    from ..tracking import TELEMETRY_OFF, tracking_uri
+
+    env = {**os.environ, **TELEMETRY_OFF, "MLFLOW_TRACKING_URI": tracking_uri(repo.resolve())}
+    # Stages run `python -m stages.<name>`: the study's interpreter must be the one found.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if prefect_api_url:
+        env["PREFECT_API_URL"] = prefect_api_url
+    return env
+
+
+def error_summary(output: str) -> str:
+    """The most telling line of a failed run: a stage's own ``error: ...`` (stages/common.py),
+    else a Python exception line, else DVC's ``ERROR: ...``, else the last line."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for pattern in (r"^error: ", r"^\w+(Error|Exception): ", r"^ERROR: "):
+        hits = [ln for ln in lines if re.search(pattern, ln)]
+        if hits:
+            return hits[-1][:ERROR_CHARS]
+    return (lines[-1] if lines else "no output")[:ERROR_CHARS]
+
+
+def remove_experiment(repo: Path, name: str, env: dict[str, str]) -> None:
+    """Drop an experiment of this name from the current baseline, if there is one."""
+    subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", name], cwd=repo, env=env,
+                   capture_output=True, text=True)
+
+
+def run_cell(repo: Path, method: str, k: int, overrides: dict[str, str], env: dict[str, str],
+             timeout: float | None = None, log=print) -> CellRun:
+    """Run one cell; never raises for a failing experiment (the failure is in the result)."""
+    name = experiment_name(method, k)
+    remove_experiment(repo, name, env)
+    cmd = exp_run_command(method, k, overrides)
+    log("$ " + " ".join(["dvc", *cmd[3:]]))
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return CellRun(method, k, name, "failed", f"timed out after {timeout:g} s", time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        return CellRun(method, k, name, "failed", error_summary(out.stdout + "\n" + out.stderr), seconds)
+    return CellRun(method, k, name, "ok", "", seconds)

@@ -1,0 +1,132 @@
+"""Gather the cells' metrics from ``dvc exp show --json`` into reports/study/methods.{csv,md}.
+
+Per experiment (found by its name under the current baseline) the table takes, from the
+experiment's own commit:
+
+    reports/metrics.json    codebook_usage -> usage, perplexity, rfid, lpips, ssim, psnr
+    reports/train_vq.json   train_seconds
+    params.yaml             the budget keys, checked against the requested overrides
+
+A cell that failed, whose experiment is missing, or whose experiment ran another method,
+K or budget than asked is kept as a row with status "failed" and the reason in ``error``:
+nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .budget import get_dotted
+
+METRIC_KEYS = {"usage": "codebook_usage", "perplexity": "perplexity", "rfid": "rfid", "lpips": "lpips",
+               "ssim": "ssim", "psnr": "psnr"}
+COLUMNS = ["method", "K", *METRIC_KEYS, "train_seconds", "wall_seconds", "status", "error"]
+
+
+def exp_show(repo: Path, env: dict[str, str] | None = None) -> list:
+    out = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"dvc exp show failed in {repo}: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def iter_experiments(show: Any) -> Iterator[tuple[str, dict]]:
+    """(name, data) of every named experiment in ``dvc exp show --json`` output (DVC 3: a list
+    of baselines, each with ``experiments`` -> ``revs``); baselines themselves are skipped."""
+    def revs(node: Any, inside: bool) -> Iterator[tuple[str, dict]]:
+        if isinstance(node, list):
+            for item in node:
+                yield from revs(item, inside)
+        elif isinstance(node, dict):
+            if inside and node.get("name") and isinstance(node.get("data"), dict) and "rev" in node:
+                yield node["name"], node["data"]
+            for key in ("experiments", "revs"):
+                if node.get(key):
+                    yield from revs(node[key], True)
+    return revs(show, False)
+
+
+def _file_data(data: dict, kind: str, path: str) -> dict:
+    entry = (data.get(kind) or {}).get(path) or {}
+    return entry.get("data") or {}
+
+
+def row_for(cell: dict, data: dict | None, overrides: dict[str, str]) -> dict:
+    """One table row from a cell run (CellRun.as_dict()) and its experiment's exp-show data."""
+    row = {c: None for c in COLUMNS}
+    row.update(method=cell["method"], K=cell["K"], wall_seconds=round(cell["wall_seconds"], 1),
+               status=cell["status"], error=cell["error"])
+    if cell["status"] != "ok":
+        return row
+    if data is None:
+        return {**row, "status": "failed", "error": f"experiment {cell['name']} not found in dvc exp show"}
+    metrics = _file_data(data, "metrics", "reports/metrics.json")
+    train = _file_data(data, "metrics", "reports/train_vq.json")
+    params = _file_data(data, "params", "params.yaml")
+    for col, key in METRIC_KEYS.items():
+        row[col] = metrics.get(key)
+    row["train_seconds"] = train.get("train_seconds")
+    problems = []
+    if metrics.get("method") != cell["method"] or metrics.get("codebook_size") != cell["K"]:
+        problems.append(f"metrics are of {metrics.get('method')} K={metrics.get('codebook_size')}")
+    for key, value in sorted(overrides.items()):
+        if get_dotted(params, key) != yaml.safe_load(str(value)):
+            problems.append(f"{key}={get_dotted(params, key)!r}, not {value}")
+    missing = [c for c in (*METRIC_KEYS, "train_seconds") if row[c] is None]
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if problems:
+        row.update(status="failed", error="; ".join(problems))
+    return row
+
+
+def build_table(cells: list[dict], show: Any, overrides: dict[str, str]):
+    """DataFrame with one row per cell, sorted by K, then rFID (best first), failures last."""
+    import pandas as pd
+
+    found = dict(iter_experiments(show))
+    rows = [row_for(c, found.get(c["name"]), overrides) for c in cells]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["_failed"] = df["status"] != "ok"
+    df = df.sort_values(["K", "_failed", "rfid", "method"], na_position="last", kind="mergesort")
+    return df.drop(columns="_failed").reset_index(drop=True)
+
+
+def _num(v, fmt: str) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def markdown(df, command: str, budget: dict[str, str], baseline: str) -> str:
+    """The README table: header with the budget and the command, one line per cell."""
+    failed = (df["status"] != "ok").any()
+    head = ["method", "K", "usage", "perplexity", "rFID", "LPIPS", "SSIM", "PSNR (dB)", "train time (s)"]
+    if failed:
+        head.append("status")
+    lines = [f"Methods study on the demo data: {len(df)} cells, baseline commit `{baseline}`, budget "
+             + ", ".join(f"`{k}={v}`" for k, v in sorted(budget.items())) + ".", "",
+             f"Reproduce: `{command}`", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    for r in df.to_dict("records"):
+        cells = [r["method"], str(r["K"]),
+                 "–" if r["usage"] is None or math.isnan(r["usage"]) else f"{100 * r['usage']:.1f}%",
+                 _num(r["perplexity"], ".1f"), _num(r["rfid"], ".2f"), _num(r["lpips"], ".4f"),
+                 _num(r["ssim"], ".4f"), _num(r["psnr"], ".2f"), _num(r["train_seconds"], ".1f")]
+        if failed:
+            cells.append("ok" if r["status"] == "ok" else f"failed: {str(r['error']).replace('|', '/')}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df, out_dir: Path, command: str, budget: dict[str, str], baseline: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / "methods.csv", out_dir / "methods.md"
+    df.to_csv(csv, index=False)
+    md.write_text(markdown(df, command, budget, baseline))
+    return [csv, md]
