@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
 
-.PHONY: install repro test test-fast clean
+.PHONY: install repro test test-fast toy study clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ test: install $(PYIQA_WHEEL_DIR)/.fetched
 
 test-fast: install $(PYIQA_WHEEL_DIR)/.fetched
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+
+toy: install                  # the NS-VQ paper's 2-D drift demos -> reports/toy/ (about 15 s)
+	$(BIN)/python -m pipeline.toy
+
+study: install                # every method x K = 128, 512 on the demo data -> reports/study/ (about 1.5 h)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.study --methods all --codebook-sizes 128 512
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
