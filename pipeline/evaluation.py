@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .images import images_to_input, output_to_images
+from .images import input_batches, output_to_images
 from .models.autoencoder import VQAutoencoder
 
 
@@ -23,8 +23,7 @@ def reconstruct(model: VQAutoencoder, images: np.ndarray, device, batch_size: in
     """(reconstructions uint8 NHWC, token indices (N, h, w[, levels])) for uint8 NHWC images."""
     model.eval()
     recons, tokens = [], []
-    for s in range(0, len(images), batch_size):
-        x = images_to_input(torch.tensor(np.asarray(images[s:s + batch_size]), device=device))
+    for x in input_batches(images, device, batch_size):
         x_hat, out = model(x)
         recons.append(output_to_images(x_hat).cpu().numpy())
         tokens.append(out.indices.cpu().numpy())

@@ -2,6 +2,9 @@
 (B, 3, H, W) in [-1, 1] inside the models (the decoder ends in tanh)."""
 from __future__ import annotations
 
+from typing import Iterator
+
+import numpy as np
 import torch
 
 
@@ -13,3 +16,10 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
 def output_to_images(x: torch.Tensor) -> torch.Tensor:
     """Model output (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), clamped and rounded."""
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def input_batches(images: np.ndarray, device, batch_size: int) -> Iterator[torch.Tensor]:
+    """Model inputs for consecutive batches of uint8 NHWC images (a memmap is read one batch
+    at a time; each batch is copied, since memmaps may be read-only)."""
+    for start in range(0, len(images), batch_size):
+        yield images_to_input(torch.tensor(np.asarray(images[start:start + batch_size]), device=device))

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import images_to_input
+from .images import input_batches
 from .models.autoencoder import VQAutoencoder
 from .training import BatchSource, Trainer, TrainResult, compile_autoencoder, make_adam, optimizer_step
 
@@ -38,8 +38,7 @@ def encode_images(model: VQAutoencoder, images: np.ndarray, device, batch_size: 
     """Encoder latents of uint8 NHWC images as rows (N * h * w, D), on ``device``."""
     model.eval()
     rows = []
-    for s in range(0, len(images), batch_size):
-        x = images_to_input(torch.tensor(np.asarray(images[s:s + batch_size]), device=device))
+    for x in input_batches(images, device, batch_size):
         z = model.encode(x).float()
         rows.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
     return torch.cat(rows)

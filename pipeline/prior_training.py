@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import images_to_input, output_to_images
+from .images import input_batches, output_to_images
 from .models.autoencoder import VQAutoencoder
 from .models.prior import TokenPrior, grid_to_sequence, sequence_to_grid
 from .training import Trainer, TrainResult, optimizer_step
@@ -30,8 +30,7 @@ def encode_tokens(model: VQAutoencoder, images: np.ndarray, device, batch_size: 
     """Token grids of uint8 NHWC images: (N, h, w) int64, or (N, h, w, L) for residual VQ."""
     model.eval()
     out = []
-    for s in range(0, len(images), batch_size):
-        x = images_to_input(torch.tensor(np.asarray(images[s:s + batch_size]), device=device))
+    for x in input_batches(images, device, batch_size):
         out.append(model.quantize(model.encode(x).float()).indices.cpu().numpy().astype(np.int64))
     if not out:
         raise ValueError("no images to tokenize")

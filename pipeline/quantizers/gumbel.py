@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer
+from .vq import TableQuantizer
 
 
-class GumbelVQ(Quantizer):
+class GumbelVQ(TableQuantizer):
     replaceable = False
 
     def __init__(self, codebook_size: int, dim: int, *, tau0: float = 1.0, tau_min: float = 0.1,
@@ -40,15 +39,6 @@ class GumbelVQ(Quantizer):
         self.tau0, self.tau_min, self.anneal_rate, self.kl_weight = tau0, tau_min, anneal_rate, kl_weight
         self.tau = tau0
         self.proj = nn.Linear(dim, codebook_size)
-        self.embedding = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size))
-
-    @property
-    def codebook(self) -> torch.Tensor:
-        return self.embedding
-
-    @property
-    def raw_codebook(self) -> torch.Tensor:
-        return self.embedding
 
     def set_progress(self, step: int, epoch: float) -> None:
         """tau = max(tau_min, tau0 * exp(-anneal_rate * step)) (exponential annealing)."""

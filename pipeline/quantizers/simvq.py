@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Quantizer, straight_through
+from .base import Quantizer
+from .table_lookup import table_lookup
 
 
 class SimVQ(Quantizer):
@@ -26,7 +27,11 @@ class SimVQ(Quantizer):
     def __init__(self, codebook_size: int, dim: int, **kw):
         super().__init__(codebook_size, dim, **kw)
         self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) * dim ** -0.5)
-        self.transform = nn.Linear(dim, dim, bias=False)      # y = x W^T: the learned W
+        self.transform = self.build_transform()
+
+    def build_transform(self) -> nn.Module:
+        """The learned map applied to the frozen table (TransVQ swaps in a transformer)."""
+        return nn.Linear(self.dim, self.dim, bias=False)      # y = x W^T: the learned W
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -34,7 +39,7 @@ class SimVQ(Quantizer):
 
     def quantize_flat(self, z):
         cb = self.codebook
-        idx, _ = self.search(z, cb)
-        q = cb[idx]
-        loss = (q - z.detach()).pow(2).mean() + self.beta * (z - q.detach()).pow(2).mean()
-        return straight_through(z, q), idx, loss
+        idx, dist = self.search(z, cb)
+        # The fused node's table gradient flows on through the transform into its weights.
+        zq, loss = table_lookup(z, cb, idx, dist, codebook_weight=1.0, beta=self.beta)
+        return zq, idx, loss

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, straight_through
+from .simvq import SimVQ
 
 
 class LinearAttention(nn.Module):
@@ -67,23 +67,13 @@ class CodebookTransformer(nn.Module):
         return self.proj_out(self.norm_out(x))
 
 
-class TransVQ(Quantizer):
-    replaceable = False
-    uses_kmeans_init = False
+class TransVQ(SimVQ):
+    """SimVQ with :class:`CodebookTransformer` as the map over the frozen table."""
 
     def __init__(self, codebook_size: int, dim: int, *, model_dim: int = 256, mlp_ratio: float = 2.0,
                  learned_pos: bool = True, **kw):
+        self._transformer_args = (model_dim, mlp_ratio, learned_pos)   # read by build_transform
         super().__init__(codebook_size, dim, **kw)
-        self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) * dim ** -0.5)
-        self.transform = CodebookTransformer(codebook_size, dim, model_dim, mlp_ratio, learned_pos)
 
-    @property
-    def codebook(self) -> torch.Tensor:
-        return self.transform(self.frozen_codebook)
-
-    def quantize_flat(self, z):
-        cb = self.codebook
-        idx, _ = self.search(z, cb)
-        q = cb[idx]
-        loss = (q - z.detach()).pow(2).mean() + self.beta * (z - q.detach()).pow(2).mean()
-        return straight_through(z, q), idx, loss
+    def build_transform(self) -> nn.Module:
+        return CodebookTransformer(self.codebook_size, self.dim, *self._transformer_args)
