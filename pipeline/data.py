@@ -30,16 +30,15 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .atomic import atomic_dir
 
 if TYPE_CHECKING:
     from .config import DataParams
@@ -315,23 +314,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing whatever ``dst`` was; restore it on failure."""
-    if not os.path.lexists(dst):
-        os.replace(src, dst)
-        return
-    # os.replace cannot overwrite a non-empty directory: move the old one aside first.
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
-    os.replace(dst, old / dst.name)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        os.replace(old / dst.name, dst)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare_dataset(params: DataParams, out_dir: str | Path) -> dict:
     """Build ``out_dir/{train,val}.npy`` and ``out_dir/manifest.json``; return the manifest.
 
@@ -342,10 +324,7 @@ def prepare_dataset(params: DataParams, out_dir: str | Path) -> dict:
         arrays, info = _prepare_demo(params)
     else:
         arrays, info = _prepare_folder(params)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for split, array in arrays.items():
             np.save(tmp / f"{split}.npy", np.ascontiguousarray(array), allow_pickle=False)
         manifest = {
@@ -357,9 +336,6 @@ def prepare_dataset(params: DataParams, out_dir: str | Path) -> dict:
             **info,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 

@@ -18,12 +18,10 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .images import images_to_input
 
 
@@ -58,27 +57,6 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename over ``path``."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temp path beside ``path``; on success rename it over ``path``, else delete it.
-
-    The file gets the permissions a plain open() would give (mkstemp's are 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class BatchSource:

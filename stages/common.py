@@ -7,12 +7,13 @@ Prefect's local ephemeral server, so stages work offline.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from pipeline.atomic import atomic_path
 
 PARAMS = Path("params.yaml")
 PREPARED = Path("data/prepared")
@@ -86,35 +87,8 @@ def _record_imports() -> None:
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write a file via a temp file + rename, so a crash never leaves it half-written."""
-    from pipeline.training import atomic_path
-
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path):
-    """Yield an empty temp folder beside ``path``; on success it replaces ``path`` (a DVC
-    output folder), on error it is removed and ``path`` stays as it was."""
-    import shutil
-    import tempfile
-
-    from pipeline.data import _replace_dir
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.", dir=path.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o777 & ~_umask())
-        _replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path: Path, obj: Any) -> None:

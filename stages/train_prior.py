@@ -15,6 +15,7 @@ import numpy as np
 from prefect import flow
 
 from pipeline import plots
+from pipeline.atomic import atomic_dir
 from pipeline.configbase import to_dict
 from pipeline.data import load_manifest, load_split
 from pipeline.models.io import load_autoencoder
@@ -24,7 +25,7 @@ from pipeline.prior_training import build_prior, encode_tokens, nll_bits_per_tok
 from pipeline.tracking import stage_run
 from pipeline.training import Trainer, fingerprint, pick_device
 from stages.common import CHECKPOINTS, PLOTS, PREPARED, PRIOR_MODEL, REPORTS, SAMPLES, TOKENIZER, TOKENS, \
-    atomic_dir, load_params, main, require, stage_task, write_history_csv, write_json
+    load_params, main, require, stage_task, write_history_csv, write_json
 
 LOSS_CSV = PLOTS / "loss_train_prior.csv"
 SAMPLE_GRID = SAMPLES / "grid.png"
