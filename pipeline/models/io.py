@@ -18,7 +18,9 @@ from .autoencoder import VQAutoencoder
 
 def save_autoencoder(path: str | Path, model: VQAutoencoder, model_params, quantizer_params=None,
                      meta: dict[str, Any] | None = None) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # Not every entry is a tensor: a module's get_extra_state() (SF-DiVeQ's warm-up flag) is
+    # stored as whatever it returns.
+    state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
     atomic_save({"model": to_dict(model_params),
                  "quantizer": to_dict(quantizer_params) if quantizer_params is not None else None,
                  "state_dict": state, "meta": meta or {}}, path)
