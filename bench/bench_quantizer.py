@@ -23,10 +23,10 @@ KS = [1_024, 16_384, 65_536, 262_144]
 DS = [8, 64]
 
 
-def our_vq(k: int, d: int, backend: str):
+def our_vq(k: int, d: int, backend: str, precision: str = "fp32"):
     from pipeline.quantizers.vq import VQ
 
-    q = VQ(k, d).cuda()
+    q = VQ(k, d, kernel_precision=precision).cuda()
     with torch.no_grad():
         q.embedding.normal_()
     os.environ["NSVQ_SEARCH_BACKEND"] = backend
@@ -110,6 +110,9 @@ def ns_rows(k: int, d: int, rows: list, reps: int):
         "ours chunked torch": lambda: ns_embedding_loss(z, e, win, 1.0, 0.01, backend="torch").backward(),
         "ours fused triton": lambda: ns_embedding_loss(z, e, win, 1.0, 0.01, backend="triton").backward(),
     }
+    if d > 16:   # the kernels' tl.dot path: tensor cores (split TF32) as well
+        impls["ours fused triton tf32x3"] = lambda: ns_embedding_loss(
+            z, e, win, 1.0, 0.01, backend="triton", precision="tf32x3").backward()
     # Reference gradient in strict fp32 (the timed runs keep TF32 matmuls on, as the anchors did).
     torch.backends.cuda.matmul.allow_tf32 = False
     e.grad = None
@@ -130,6 +133,26 @@ def ns_rows(k: int, d: int, rows: list, reps: int):
         print(rows[-1], flush=True)
 
 
+def tf32x3_agreement(k: int, d: int) -> dict:
+    """How often the tf32x3 search picks another code than the fp32 kernel, and by how much
+    that code's exact distance exceeds the fp32 winner's: relative to the distance, and in
+    units of 2^-24 (||z||^2 + ||c||^2), the rounding scale of the fp32 expansion itself."""
+    from pipeline.quantizers.search import nearest_code
+
+    torch.manual_seed(2)
+    z = torch.randn(N, d, device="cuda")
+    cb = torch.randn(k, d, device="cuda")
+    i32, d32 = nearest_code(z, cb, backend="triton")
+    i3, d3 = nearest_code(z, cb, backend="triton", precision="tf32x3")
+    excess = (d3 - d32).clamp_min(0)
+    scale = (z.pow(2).sum(1) + cb[i32].pow(2).sum(1)) * 2.0 ** -24
+    row = {"K": k, "D": d, "mismatch_frac": (i3 != i32).float().mean().item(),
+           "max_rel_excess": (excess / d32.clamp_min(1e-30)).max().item(),
+           "max_ulp_scale_excess": (excess / scale).max().item()}
+    print(row, flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="K = 65,536 and D = 8 only")
@@ -147,6 +170,11 @@ def main() -> None:
             measure(lambda: our_vq(k, d, "torch"), k, d, "ours chunked torch", rows, reps)
             measure(lambda: our_vq(k, d, "triton"), k, d, "ours fused triton", rows, reps)
             measure(lambda: our_vq(k, d, "triton"), k, d, "ours fused triton, CUDA graph", rows, reps, graph=True)
+            if d > 16:
+                measure(lambda: our_vq(k, d, "triton", "tf32x3"), k, d, "ours fused triton tf32x3", rows, reps)
+                measure(lambda: our_vq(k, d, "triton", "tf32x3"), k, d, "ours fused triton tf32x3, CUDA graph",
+                        rows, reps, graph=True)
+    agree = [tf32x3_agreement(k, 64) for k in ks] if 64 in ds else []
     ns: list[dict] = []
     for d in ds:
         ns_rows(65_536, d, ns, reps=10)
@@ -154,7 +182,10 @@ def main() -> None:
     print(table(rows, ["impl", "K", "D", "ms", "peak_extra_mb", "note"]))
     print("\ndense NS embedding loss (fwd+bwd), N = 16,384, K = 65,536")
     print(table(ns, ["impl", "K", "D", "ms", "peak_extra_mb", "grad_rel_err", "note"]))
-    write_json("quantizer.json", {"quantizer_step": rows, "ns_loss": ns, "N": N})
+    if agree:
+        print("\ntf32x3 search against the fp32 kernel, N = 16,384, D = 64")
+        print(table(agree, ["K", "D", "mismatch_frac", "max_rel_excess", "max_ulp_scale_excess"]))
+    write_json("quantizer.json", {"quantizer_step": rows, "ns_loss": ns, "tf32x3_search": agree, "N": N})
 
 
 if __name__ == "__main__":

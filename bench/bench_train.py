@@ -8,7 +8,11 @@ compared (same init, same batches). MFU counts the model's FLOPs (convolutions a
 from torch's FLOP counter on one eager step, plus the quantizer's analytic FLOPs: search
 2NKD, dense NS loss 6NKD) against the H100 SXM's dense bf16 peak.
 
-    python bench/bench_train.py [--methods nsvq vq] [--k 65536] [--steps 500]
+    python bench/bench_train.py [--methods nsvq vq] [--k 65536] [--steps 500] [--no-tf32x3]
+
+Per method three runs from the same init: the eager fp32 step, the optimized step, and the
+optimized step with ``quantizer.kernel_precision: tf32x3`` (search and NS-loss matmuls on the
+tensor cores as split TF32); each optimized curve is compared with the eager one.
 
 Writes reports/bench/train.json (or $OUT/train.json).
 """
@@ -55,9 +59,10 @@ def pretrained_autoencoder(images) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def make_step(images, method: str, k: int, optimized: bool, seed: int = 0, weights: dict | None = None):
+def make_step(images, method: str, k: int, optimized: bool, seed: int = 0, weights: dict | None = None,
+              kernel_precision: str = "fp32"):
     torch.manual_seed(0)
-    qp = build(QuantizerParams, {"method": method, "codebook_size": k})
+    qp = build(QuantizerParams, {"method": method, "codebook_size": k, "kernel_precision": kernel_precision})
     model = VQAutoencoder(**CELEBA, quantizer=build_quantizer(qp, CELEBA["code_dim"])).cuda()
     if weights is not None:
         model.load_state_dict(weights, strict=False)          # the quantizer is new
@@ -86,8 +91,8 @@ def model_flops(images, method: str, k: int) -> float:
 
 
 def run(images, method: str, k: int, optimized: bool, steps: int, warmup: int, seed: int = 0,
-        weights: dict | None = None) -> dict:
-    step_fn, _ = make_step(images, method, k, optimized, seed, weights)
+        weights: dict | None = None, kernel_precision: str = "fp32") -> dict:
+    step_fn, _ = make_step(images, method, k, optimized, seed, weights, kernel_precision)
     losses = []
     t_compile = time.perf_counter()
     for s in range(warmup):
@@ -110,6 +115,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=65_536)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--no-tf32x3", action="store_true",
+                    help="skip the optimized step with the quantizer kernels in tf32x3")
     a = ap.parse_args()
     images = demo_images()
     weights = pretrained_autoencoder(images)
@@ -118,29 +125,40 @@ def main() -> None:
         flops = model_flops(images, method, a.k)
         eager = run(images, method, a.k, False, a.steps, a.warmup, weights=weights)
         fast = run(images, method, a.k, True, a.steps, a.warmup, weights=weights)
+        steps = [("eager fp32", eager), ("optimized", fast)]
+        if not a.no_tf32x3:   # the same optimized step with the search / NS-loss matmuls on the tensor cores
+            steps.append(("optimized, tf32x3 quantizer",
+                          run(images, method, a.k, True, a.steps, a.warmup, weights=weights,
+                              kernel_precision="tf32x3")))
         # Same loss curve within noise: 50-step means of eager vs optimized, against the
         # spread between two eager runs that differ only in the batch order (seed).
         other = run(images, method, a.k, False, a.steps, a.warmup, seed=1, weights=weights)
-        e, f, o = (r["curve"].reshape(-1, 50).mean(1) for r in (eager, fast, other))
-        rel = ((e - f).abs() / e.abs()).tolist()
+        e, o = (r["curve"].reshape(-1, 50).mean(1) for r in (eager, other))
         noise = ((e - o).abs() / e.abs()).tolist()
-
-        for name, r in (("eager fp32", eager), ("optimized", fast)):
+        curves[method] = {"eager_fp32_50step_means": e.tolist(), "eager_fp32_seed1_50step_means": o.tolist(),
+                          "noise_rel_diff_50step_means": noise, "max_noise_rel_diff": max(noise[1:])}
+        for name, r in steps:
             rows.append({"method": method, "K": a.k, "step": name, "img_per_s": r["img_per_s"],
                          "ms_per_step": r["ms_per_step"], "warmup_s": r["warmup_s"],
                          "mfu": flops * r["img_per_s"] / BATCH / PEAK_BF16_DENSE,
                          "gflop_per_step": flops / 1e9})
-        rows[-1]["speedup"] = fast["img_per_s"] / eager["img_per_s"]
-        curves[method] = {"eager_fp32_50step_means": e.tolist(), "optimized_50step_means": f.tolist(),
-                          "eager_fp32_seed1_50step_means": o.tolist(), "rel_diff_50step_means": rel,
-                          "noise_rel_diff_50step_means": noise, "max_rel_diff": max(rel[1:]),
-                          "max_noise_rel_diff": max(noise[1:])}
-        print(rows[-2], rows[-1], curves[method], flush=True)
+            if name == "eager fp32":
+                continue
+            rows[-1]["speedup"] = r["img_per_s"] / eager["img_per_s"]
+            f = r["curve"].reshape(-1, 50).mean(1)
+            rel = ((e - f).abs() / e.abs()).tolist()
+            key = "optimized" if name == "optimized" else "optimized_tf32x3"
+            curves[method].update({f"{key}_50step_means": f.tolist(), f"{key}_rel_diff_50step_means": rel,
+                                   f"{key}_max_rel_diff": max(rel[1:])})
+        print(rows[-len(steps):], curves[method], flush=True)
     print(table(rows, ["method", "K", "step", "img_per_s", "ms_per_step", "mfu", "gflop_per_step", "speedup",
                        "warmup_s"]))
     for m, c in curves.items():
+        tf = (f"; eager vs optimized tf32x3 {c['optimized_tf32x3_max_rel_diff']:.3f}"
+              if "optimized_tf32x3_max_rel_diff" in c else "")
         print(f"{m} loss curves (50-step means after the first 50 steps): eager vs optimized max rel diff "
-              f"{c['max_rel_diff']:.3f}; eager seed 0 vs seed 1 (noise) {c['max_noise_rel_diff']:.3f}")
+              f"{c['optimized_max_rel_diff']:.3f}{tf}; eager seed 0 vs seed 1 (noise) "
+              f"{c['max_noise_rel_diff']:.3f}")
     write_json("train.json", {"train": rows, "loss_curves": curves, "batch": BATCH, "image_size": 128,
                               "model": CELEBA, "steps": a.steps, "warmup": a.warmup})
 

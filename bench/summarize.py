@@ -24,7 +24,11 @@ def main() -> None:
     graphed = pick(q["quantizer_step"], impl="ours fused triton, CUDA graph", K=65_536, D=8)
     vqp = pick(q["quantizer_step"], impl="vqpytorch VectorQuantize (EMA)", K=65_536, D=8)
     ns = pick(q["ns_loss"], impl="ours fused triton", K=65_536, D=8)
-    fast = pick(tr["train"], method="nsvq", step="optimized")
+    # the fastest optimized nsvq step (fp32 or tf32x3 quantizer kernels), with its loss-curve check
+    fast = max((r for r in tr["train"] if r["method"] == "nsvq" and r["step"] != "eager fp32"),
+               key=lambda r: r["img_per_s"])
+    curves = tr["loss_curves"]["nsvq"]
+    curve_key = "optimized_tf32x3_max_rel_diff" if "tf32x3" in fast["step"] else "optimized_max_rel_diff"
     summary = {
         "quantizer_ms_k65536_d8": ours["ms"],
         "quantizer_extra_mb_k65536_d8": ours["peak_extra_mb"],
@@ -35,6 +39,9 @@ def main() -> None:
         "train_img_per_s_k65536": fast["img_per_s"],
         "train_speedup_vs_eager_fp32": fast["speedup"],
         "train_mfu": fast["mfu"],
+        "train_step_variant": fast["step"],
+        "train_loss_curve_max_rel_diff": curves.get(curve_key, curves.get("max_rel_diff")),
+        "train_loss_curve_noise_max_rel_diff": curves["max_noise_rel_diff"],
         "device": tr["meta"]["device"],
         "date": tr["meta"]["date"],
         "commands": sorted({d["meta"]["command"] for d in (q, km, tr)}),

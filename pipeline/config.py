@@ -128,6 +128,9 @@ class QuantizerParams:
     codebook_size: int = param(512, ge=2)
     beta: float = param(0.25, ge=0, doc="commitment weight")
     search_chunk: int = param(8192, ge=1, doc="rows per chunk of the nearest-code search")
+    kernel_precision: Literal["fp32", "tf32x3"] = param(
+        "fp32", doc="matmuls of the GPU search and NS-loss kernels at code_dim > 16: fp32 on the CUDA "
+                    "cores, or tf32x3 (split TF32 on the tensor cores, ~2^-21 relative per product)")
     levels: int = param(1, ge=1, doc="residual VQ levels; > 1 stacks that many quantizers of the method")
     replacement: ReplacementParams = field(default_factory=ReplacementParams)
     nsvq: NSVQParams = field(default_factory=NSVQParams)

@@ -105,6 +105,8 @@ def group_search(gen: torch.Generator) -> None:
         (33, 257, 16, None),                                # largest FMA-path D
         (21, 70, 100, None),                                # dot path, D in two chunks
         (29, 45, 8, {"path": "dot"}),                       # dot path forced at small D
+        (19, 300, 64, {"precision": "tf32x3"}),             # tensor-core variant (the interpreter
+        (21, 70, 100, {"precision": "tf32x3", "SPLIT_K": 2}),  # multiplies in fp32: plumbing only)
     ]
     for n, k, d, cfg in cases:
         z, cb = _data(gen, n, k, d)
@@ -116,7 +118,9 @@ def group_search(gen: torch.Generator) -> None:
     # exact ties: lowest index wins, within a tile and across tiles / splits. Small integers
     # (codes) and half-integers (z) make every product and sum exact in fp32, so duplicated
     # codes tie exactly whatever the summation order (numpy's matmul in the interpreter too).
-    for d, cfg in ((5, None), (5, {"SPLIT_K": 3}), (24, None), (24, {"SPLIT_K": 2})):
+    # (small integers are exact in TF32 too, so these hold for tf32x3 on hardware as well)
+    for d, cfg in ((5, None), (5, {"SPLIT_K": 3}), (24, None), (24, {"SPLIT_K": 2}),
+                   (24, {"precision": "tf32x3"})):
         base = torch.randint(-4, 5, (23, d), generator=gen).float()
         cb = torch.cat([base, base, base[:7], base])      # copies 23 / 46 / 76 positions apart
         z = base[torch.randint(0, 23, (31,), generator=gen)] \
@@ -157,6 +161,15 @@ def group_search(gen: torch.Generator) -> None:
     check(torch.equal(c[0], b[0]), "nearest_code(auto) with NSVQ_SEARCH_BACKEND=triton")
     r = nearest_code(z, cb, backend="torch")
     check(bool((r[0] == b[0]).all()), "nearest_code torch vs triton backends agree")
+    z, cb = _data(gen, 30, 120, 40)
+    a = nearest_code(z, cb, backend="triton", precision="tf32x3")
+    b = nearest_code_triton(z, cb, config={"precision": "tf32x3"})
+    check(torch.equal(a[0], b[0]), "nearest_code(precision='tf32x3') reaches the kernel config")
+    try:
+        nearest_code_triton(z, cb, config={"precision": "tf32"})
+        check(False, "search: plain tf32 must be refused")
+    except ValueError as exc:
+        check("precision" in str(exc), f"search: bad precision names the key ({exc})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,6 +204,8 @@ def group_ns(gen: torch.Generator) -> None:
         (50, 77, 17, 0.2, 0.0, None),                       # lam = 0: only the winners
         (23, 61, 16, 0.7, 0.3, None),                       # largest FMA-path D
         (21, 70, 100, 0.5, 0.02, None),                     # dot path, D in chunks
+        (19, 300, 64, 0.3, 0.05, {"precision": "tf32x3"}),  # tensor-core variant (plumbing)
+        (21, 70, 100, 0.5, 0.02, {"precision": "tf32x3", "C_SPLIT": 2}),
     ]
     for n, k, d, tau, lam, cfg in cases:
         z, cb = _data(gen, n, k, d)
@@ -211,6 +226,12 @@ def group_ns(gen: torch.Generator) -> None:
     tot, s, m = ns_loss_stats_triton(torch.zeros(0, 3), torch.randn(4, 3, generator=gen),
                                      torch.zeros(0, dtype=torch.long), 1.0, 0.1)
     check(float(tot) == 0.0 and s.shape == (4,) and m.shape == (4, 3), "ns N=0")
+    try:
+        ns_loss_stats_triton(torch.randn(3, 20), torch.randn(4, 20), torch.zeros(3, dtype=torch.long), 1.0, 0.1,
+                             config={"precision": "tf32"})
+        check(False, "ns: plain tf32 must be refused")
+    except ValueError as exc:
+        check("precision" in str(exc), f"ns: bad precision names the key ({exc})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,6 +250,12 @@ def group_loss(gen: torch.Generator) -> None:
             loss = ns_embedding_loss(z, cb, win, tau, lam, backend=backend)
             loss.backward()
             out[backend] = (loss.detach(), cb.grad.clone())
+        if d > 16:   # precision="tf32x3" reaches both passes (fp32 in the interpreter: same values)
+            cb = cb0.clone().requires_grad_(True)
+            loss = ns_embedding_loss(z, cb, win, tau, lam, backend="triton", precision="tf32x3")
+            loss.backward()
+            el, eg = rel_err(loss.detach(), out["torch"][0]), rel_err(cb.grad, out["torch"][1])
+            check(el <= 1e-4 and eg <= 1e-4, f"ns_embedding_loss tf32x3 N={n} K={k} D={d}: {el:.1e} {eg:.1e}")
         lt, gt = out["triton"]
         lr, gr = out["torch"]
         el, eg = rel_err(lt, lr), rel_err(gt, gr)

@@ -31,8 +31,11 @@ pass 2 (``_ns_codes_kernel``: one program per BLOCK_K codes x SPLIT row ranges, 
 D <= 16 uses hand-unrolled fp32 FMAs (the helpers of search_triton). There the clamp d >= 0 is
 skipped: it only changes d_ik < 0, i.e. rounding noise of the expansion for codes equal to z_i
 (w changes by a factor exp(|d| / tau) ~ 1 + 1e-7 / tau, total by ~1e-7 absolute). D > 16 uses
-tl.dot with input_precision="ieee" (fp32 FMA dot) for the scores and for M (w^T z), and keeps
-the clamp. All arithmetic is fp32; exp2 is the hardware ex2.approx.ftz (rel. error ~2^-22).
+tl.dot for the scores and for M (w^T z), and keeps the clamp: input_precision "ieee" (fp32 FMA
+dot on the CUDA cores) by default, or "tf32x3" (``config={"precision": "tf32x3"}``, 3-pass split
+TF32 on the tensor cores, relative error ~2^-21 per product instead of 2^-24: the exponents
+-d/tau carry the same cancellation error as the fp32 reference, 8x larger). All other
+arithmetic is fp32; exp2 is the hardware ex2.approx.ftz (rel. error ~2^-22).
 """
 from __future__ import annotations
 
@@ -367,13 +370,13 @@ def _ns_codes_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr, tot
 
 
 # ----------------------------------------------------------------------------------------------
-# D > 16: tl.dot variants (fp32 "ieee"). DP (a multiple of BLOCK_D <= 64) is the packed width;
+# D > 16: tl.dot variants ("ieee" or "tf32x3", the PRECISION constexpr). DP (a multiple of BLOCK_D <= 64) is the packed width;
 # the scores loop over D chunks (z chunks from L1/L2 when DP > BLOCK_D).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _dot_scores(z_ptr, rows64, rmask, zt, tile, D: tl.constexpr, DP: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                USE_ZT: tl.constexpr):
+                USE_ZT: tl.constexpr, PRECISION: tl.constexpr):
     """(BLOCK_N, BLOCK_K) scores ||e||^2 - 2 z.e for one packed tile; with USE_ZT (and DP ==
     BLOCK_D) zt is the caller's z tile, else the z chunks are loaded here (L1/L2 hits)."""
     offs_d = tl.arange(0, BLOCK_D)
@@ -381,21 +384,21 @@ def _dot_scores(z_ptr, rows64, rmask, zt, tile, D: tl.constexpr, DP: tl.constexp
     sc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     if USE_ZT and DP == BLOCK_D:
         ctile = tl.load(tile + offs_d[:, None] * BLOCK_K + offs_k[None, :])
-        sc = tl.dot(zt, ctile, sc, input_precision="ieee")
+        sc = tl.dot(zt, ctile, sc, input_precision=PRECISION)
     else:
         for d0 in range(0, DP, BLOCK_D):
             dd = d0 + offs_d
             zc = tl.load(z_ptr + rows64[:, None] * D + dd[None, :],
                          mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
             ctile = tl.load(tile + dd[:, None] * BLOCK_K + offs_k[None, :])
-            sc = tl.dot(zc, ctile, sc, input_precision="ieee")
+            sc = tl.dot(zc, ctile, sc, input_precision=PRECISION)
     return sc + tl.load(tile + DP * BLOCK_K + offs_k)[None, :]
 
 
 @triton.jit
 def _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, cst, MODE: tl.constexpr,
                        D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     TILE: tl.constexpr = (DP + 1) * BLOCK_K
     if MODE == 0:
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
@@ -403,7 +406,7 @@ def _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, cst, MOD
         acc = tl.full([BLOCK_N, BLOCK_K], float("-inf"), tl.float32)
     for t in range(0, T):
         sc = _dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
-                         BLOCK_K, False)
+                         BLOCK_K, False, PRECISION)
         x = tl.maximum(sc, nzsq[:, None]) * neg_a
         if MODE == 0:
             acc += tl.exp2(x + cst[:, None])
@@ -419,7 +422,7 @@ def _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, cst, MOD
 @triton.jit
 def _ns_rows_dot_kernel(z_ptr, p_ptr, win_ptr, zsq_ptr, crow_ptr, N, T, neg_a, log2_lamk,
                         D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
@@ -443,13 +446,13 @@ def _ns_rows_dot_kernel(z_ptr, p_ptr, win_ptr, zsq_ptr, crow_ptr, N, T, neg_a, l
     shift = tl.maximum(sw, nzsq) * neg_a
     shift = tl.where(rmask, shift, 0.0)
     l = _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, -shift, 0,
-                           D, DP, BLOCK_D, BLOCK_N, BLOCK_K)
+                           D, DP, BLOCK_D, BLOCK_N, BLOCK_K, PRECISION)
     if tl.max((l > 3.0e38).to(tl.int32), axis=0) > 0:
         shift = _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, -shift, 1,
-                                   D, DP, BLOCK_D, BLOCK_N, BLOCK_K)
+                                   D, DP, BLOCK_D, BLOCK_N, BLOCK_K, PRECISION)
         shift = tl.where(rmask, shift, 0.0)
         l = _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, -shift, 0,
-                               D, DP, BLOCK_D, BLOCK_N, BLOCK_K)
+                               D, DP, BLOCK_D, BLOCK_N, BLOCK_K, PRECISION)
     lse2 = shift + tl.log2(l)
     tl.store(zsq_ptr + rows, zsq, mask=rmask)
     tl.store(crow_ptr + rows, log2_lamk - lse2, mask=rmask)
@@ -459,7 +462,7 @@ def _ns_rows_dot_kernel(z_ptr, p_ptr, win_ptr, zsq_ptr, crow_ptr, N, T, neg_a, l
 def _ns_codes_dot_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr, tot_ptr,
                          N, K, ROWS_PER_SPLIT, neg_a,
                          D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """One program per packed code tile (BLOCK_K = the pack width) and row split. M is
     accumulated by tl.dot(w^T, z) one D chunk at a time (for DP > BLOCK_D the row loop is
     repeated per chunk, recomputing the scores)."""
@@ -487,7 +490,8 @@ def _ns_codes_dot_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr,
             rows64 = rows.to(tl.int64)
             zc = tl.load(z_ptr + rows64[:, None] * D + dd[None, :],
                          mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
-            sc = _dot_scores(z_ptr, rows64, rmask, zc, tile, D, DP, BLOCK_D, BLOCK_R, BLOCK_K, True)
+            sc = _dot_scores(z_ptr, rows64, rmask, zc, tile, D, DP, BLOCK_D, BLOCK_R, BLOCK_K, True,
+                             PRECISION)
             zsq = tl.load(zsq_ptr + rows, mask=rmask, other=0.0)
             crow = tl.load(crow_ptr + rows, mask=rmask, other=float("-inf"))
             win = tl.load(win_ptr + rows, mask=rmask, other=-1)
@@ -497,7 +501,7 @@ def _ns_codes_dot_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr,
             if ch == 0:
                 acc_s += tl.sum(w, axis=0)
                 acc_t += tl.sum(w * (sp + zsq[:, None]), axis=0)
-            m_acc = tl.dot(tl.trans(w), zc, m_acc, input_precision="ieee")
+            m_acc = tl.dot(tl.trans(w), zc, m_acc, input_precision=PRECISION)
         tl.store(m_ptr + out64[:, None] + dd[None, :], m_acc,
                  mask=kmask[:, None] & (dd[None, :] < D))
     # padded codes have d = inf and w = 0: drop their 0 * inf
@@ -517,6 +521,9 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
     BLOCK_K / (32 num_warps) codes), BLOCK_R rows per step (FMA path: 2, rows are streamed in
     pairs; dot path: the tl.dot M dimension, >= 16), num_warps, SPLIT row ranges per code block
     (partials summed on the host in a fixed order; 0 = auto, about 16 warps per SM).
+    precision: the dot path's tl.dot input precision (D > 16), "ieee" (fp32 FMA on the CUDA
+    cores, the default) or "tf32x3" (3-pass split TF32 on the tensor cores, relative error
+    about 2^-21 per product); the FMA path (D <= 16) is fp32 whatever this says.
     """
     use_dot = d > FMA_MAX_D
     if _interpret():
@@ -535,10 +542,11 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
                    C_BLOCK_K=128, C_BLOCK_R=2, C_num_warps=1, C_SPLIT=0)
     if use_dot:  # pass 2 of the dot path runs one program per packed tile
         cfg["C_BLOCK_K"] = cfg["R_BLOCK_K"]
+    cfg["precision"] = "ieee"
     env = os.environ.get("NSVQ_NS_CONFIG", "")
     for item in filter(None, (s.strip() for s in env.split(","))):
-        key, val = item.split("=")
-        cfg[key.strip()] = int(val)
+        key, val = (x.strip() for x in item.split("="))
+        cfg[key] = val if key == "precision" else int(val)
     return cfg
 
 
@@ -571,6 +579,8 @@ def _ns_loss_stats_triton(z, codebook, winner, tau, lam, config):
     cfg = default_ns_config(n, k, d)
     if config:
         cfg.update(config)
+    if cfg["precision"] not in ("ieee", "tf32x3"):
+        raise ValueError(f"ns_loss_stats_triton: precision must be 'ieee' or 'tf32x3', got {cfg['precision']!r}")
     use_dot = d > FMA_MAX_D
     dp = padded_dim(d, use_dot)
     block_d = dot_block_d(d)          # pass 2 D chunk (<= 64; divides dp)
@@ -589,7 +599,7 @@ def _ns_loss_stats_triton(z, codebook, winner, tau, lam, config):
     if use_dot:
         _ns_rows_dot_kernel[grid1](z, packed, win, zsq, crow, n, t, neg_a, log2_lamk,
                                    D=d, DP=dp, BLOCK_D=block_d1, BLOCK_N=cfg["R_BLOCK_N"],
-                                   BLOCK_K=pbk, num_warps=cfg["R_num_warps"])
+                                   BLOCK_K=pbk, PRECISION=cfg["precision"], num_warps=cfg["R_num_warps"])
     else:
         _ns_rows_kernel[grid1](z, packed, win, zsq, crow, n, t, neg_a, log2_lamk,
                                D=d, BLOCK_N=cfg["R_BLOCK_N"], BLOCK_K=pbk,
@@ -612,7 +622,7 @@ def _ns_loss_stats_triton(z, codebook, winner, tau, lam, config):
         _ns_codes_dot_kernel[grid2](z, win, zsq, crow, packed, s_part, m_part, t_part,
                                     n, k, rows_per_split, neg_a,
                                     D=d, DP=dp, BLOCK_D=block_d, BLOCK_R=br, BLOCK_K=pbk,
-                                    num_warps=cfg["C_num_warps"])
+                                    PRECISION=cfg["precision"], num_warps=cfg["C_num_warps"])
     else:
         _ns_codes_kernel[grid2](z, win, zsq, crow, packed, s_part, m_part, t_part,
                                 n, k, rows_per_split, neg_a,
@@ -640,6 +650,11 @@ def sweep_configs(d: int) -> list[dict]:
                 for bn, bk, nw in ((64, 64, 8), (32, 64, 4), (64, 32, 4), (128, 64, 8))]
         codes = [dict(C_BLOCK_R=br, C_num_warps=nw, C_SPLIT=sp)
                  for br, nw, sp in ((32, 4, 0), (16, 4, 0), (64, 4, 0), (32, 8, 0), (32, 4, 8))]
+        # tensor-core variants: both passes in tf32x3 (the sweep's correctness check is the
+        # same 1e-4 relative bound against the fp32 torch reference)
+        codes += [dict(precision="tf32x3", R_BLOCK_N=bn, R_BLOCK_K=bk, R_num_warps=nw, C_BLOCK_R=br,
+                       C_num_warps=cw)
+                  for bn, bk, nw, br, cw in ((64, 64, 4, 32, 4), (128, 64, 8, 64, 4), (64, 64, 4, 64, 8))]
     return rows + codes
 
 

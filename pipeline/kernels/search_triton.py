@@ -479,6 +479,8 @@ def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, config: dict |
     cfg = default_config(n, k, d)
     if config:
         cfg.update(config)
+    if cfg["precision"] not in ("ieee", "tf32x3"):   # plain tf32 would need an exact re-check
+        raise ValueError(f"nearest_code_triton: precision must be 'ieee' or 'tf32x3', got {cfg['precision']!r}")
     use_dot = cfg["path"] == "dot"
     if not use_dot and d > FMA_MAX_D:
         raise ValueError(f"nearest_code_triton: the fma path supports D <= {FMA_MAX_D}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .search import nearest_code
+from .search import kernel_config, nearest_code
 
 
 @dataclass
@@ -80,10 +80,14 @@ class Quantizer(nn.Module):
     #: stages/train_vq.py calls ``init_codebook`` only when this is True.
     uses_kmeans_init = True
 
-    def __init__(self, codebook_size: int, dim: int, *, beta: float = 0.25, search_chunk: int = 8192):
+    def __init__(self, codebook_size: int, dim: int, *, beta: float = 0.25, search_chunk: int = 8192,
+                 kernel_precision: str = "fp32"):
         super().__init__()
         if codebook_size < 2:
             raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+        kernel_config(kernel_precision)   # fails early on a bad name
+        #: matmul precision of the GPU search / NS-loss kernels (``search.KERNEL_PRECISIONS``)
+        self.kernel_precision = kernel_precision
         self.codebook_size = codebook_size
         self.dim = dim
         self.beta = beta
@@ -123,7 +127,8 @@ class Quantizer(nn.Module):
     def search(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest code for each row through the shared bounded-memory search."""
         cb = self.codebook if codebook is None else codebook
-        return nearest_code(z.detach(), cb.detach(), chunk_size=self.search_chunk)
+        return nearest_code(z.detach(), cb.detach(), chunk_size=self.search_chunk,
+                            precision=self.kernel_precision)
 
     def set_progress(self, step: int, epoch: float) -> None:
         """Schedules (temperatures, warm-ups) read the training position here; default none."""
@@ -179,4 +184,5 @@ class Quantizer(nn.Module):
         return stats
 
     def extra_repr(self) -> str:
-        return f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}"
+        prec = "" if self.kernel_precision == "fp32" else f", kernel_precision={self.kernel_precision}"
+        return f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}{prec}"

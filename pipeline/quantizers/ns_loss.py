@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .search import MAX_BLOCK_ELEMS, chunk_rows
+from .search import MAX_BLOCK_ELEMS, _backend, chunk_rows, kernel_config
 
 
 def ns_weights(dist: torch.Tensor, winner: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
@@ -56,12 +56,12 @@ def ns_loss_stats(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor,
 
 class _NSEmbeddingLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, codebook, winner, tau, lam, chunk_size, backend):
+    def forward(ctx, z, codebook, winner, tau, lam, chunk_size, backend, precision):
         n, d = z.shape
         if backend == "triton":
             from ..kernels.ns_loss_triton import ns_loss_stats_triton
 
-            total, s, m = ns_loss_stats_triton(z, codebook, winner, tau, lam)
+            total, s, m = ns_loss_stats_triton(z, codebook, winner, tau, lam, config=kernel_config(precision))
         else:
             total, s, m = ns_loss_stats(z, codebook, winner, tau, lam, chunk_size)
         ctx.save_for_backward(codebook, s, m)
@@ -72,21 +72,23 @@ class _NSEmbeddingLoss(torch.autograd.Function):
     def backward(ctx, grad):
         codebook, s, m = ctx.saved_tensors
         grad_e = (s[:, None] * codebook.float() - m) * (ctx.scale * grad)
-        return None, grad_e.to(codebook.dtype), None, None, None, None, None
+        return None, grad_e.to(codebook.dtype), None, None, None, None, None, None
 
 
 def ns_embedding_loss(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor, tau: float,
-                      lam: float, *, chunk_size: int = 8192, backend: str = "auto") -> torch.Tensor:
+                      lam: float, *, chunk_size: int = 8192, backend: str = "auto",
+                      precision: str = "fp32") -> torch.Tensor:
     """Dense NS embedding loss (NS-VQ, DESIGN.md); gradient reaches ``codebook`` only.
 
     z: (N, D) latents (treated as sg(z)); codebook: (K, D); winner: (N,) nearest-code indices.
-    backend "auto" uses the fused Triton kernel on CUDA when available.
+    backend "auto" uses the fused Triton kernel on CUDA when available; precision is the
+    kernel's matmul precision (``search.KERNEL_PRECISIONS``; the torch path is fp32).
     """
+    kernel_config(precision)   # reject a bad name on every backend
     if backend == "auto":
-        from .search import _backend
-
         backend = _backend(z, "auto")
-    return _NSEmbeddingLoss.apply(z.detach(), codebook, winner, float(tau), float(lam), chunk_size, backend)
+    return _NSEmbeddingLoss.apply(z.detach(), codebook, winner, float(tau), float(lam), chunk_size, backend,
+                                  precision)
 
 
 def ns_embedding_loss_dense(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float) -> torch.Tensor:

@@ -36,7 +36,8 @@ class NSVQ(TableQuantizer):
 
     def quantize_flat(self, z):
         idx, dist = self.search(z)
-        emb = ns_embedding_loss(z, self.embedding, idx, self.tau, self.lam, chunk_size=self.search_chunk)
+        emb = ns_embedding_loss(z, self.embedding, idx, self.tau, self.lam, chunk_size=self.search_chunk,
+                                precision=self.kernel_precision)
         # commitment + modified STE (no separate codebook term: the dense loss is that term)
         zq, commit = table_lookup(z, self.embedding, idx, dist, codebook_weight=0.0, beta=self.beta,
                                   ste_scale=2.0 * self.alpha / z.numel())

@@ -45,7 +45,8 @@ def build_quantizer(qp, dim: int) -> Quantizer:
     options = configbase.to_dict(getattr(qp, section)) if section else {}
 
     def one() -> Quantizer:
-        return cls(qp.codebook_size, dim, beta=qp.beta, search_chunk=qp.search_chunk, **options)
+        return cls(qp.codebook_size, dim, beta=qp.beta, search_chunk=qp.search_chunk,
+                   kernel_precision=qp.kernel_precision, **options)
 
     levels = getattr(qp, "levels", 1)
     return one() if levels == 1 else ResidualVQ([one() for _ in range(levels)])

@@ -32,7 +32,8 @@ class ResidualVQ(Quantizer):
         if len(layers) < 1:
             raise ValueError("ResidualVQ needs at least one level")
         first = layers[0]
-        super().__init__(first.codebook_size, first.dim, beta=first.beta, search_chunk=first.search_chunk)
+        super().__init__(first.codebook_size, first.dim, beta=first.beta, search_chunk=first.search_chunk,
+                         kernel_precision=first.kernel_precision)
         self.layers = nn.ModuleList(layers)
         self.uses_kmeans_init = first.uses_kmeans_init
 

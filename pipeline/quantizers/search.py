@@ -16,6 +16,19 @@ import torch
 # One chunk's distance block holds at most this many fp32 elements (256 MiB).
 MAX_BLOCK_ELEMS = 1 << 26
 
+#: ``precision`` of the GPU kernels -> Triton's tl.dot input_precision. It only matters on the
+#: kernels' tl.dot path (CUDA, D > 16): "fp32" multiplies in fp32 on the CUDA cores, "tf32x3"
+#: splits each fp32 operand into two TF32 parts and sums three tensor-core products (relative
+#: error about 2^-21 per product instead of 2^-24). The torch path and D <= 16 are fp32 always.
+KERNEL_PRECISIONS = {"fp32": "ieee", "tf32x3": "tf32x3"}
+
+
+def kernel_config(precision: str) -> dict:
+    """The Triton kernels' ``config`` override for a ``KERNEL_PRECISIONS`` name."""
+    if precision not in KERNEL_PRECISIONS:
+        raise ValueError(f"kernel precision must be one of {', '.join(KERNEL_PRECISIONS)}, got {precision!r}")
+    return {"precision": KERNEL_PRECISIONS[precision]}
+
 
 def _backend(z: torch.Tensor, backend: str) -> str:
     if backend != "auto":
@@ -59,17 +72,20 @@ def nearest_code_torch(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int 
 
 @torch.no_grad()
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int = 8192,
-                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                 backend: str = "auto", precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """Index (N,) long and squared distance (N,) fp32 of the nearest code for each row of z.
 
     backend: "auto" (Triton on CUDA when available, else torch), "torch" or "triton".
-    The env var NSVQ_SEARCH_BACKEND overrides "auto".
+    The env var NSVQ_SEARCH_BACKEND overrides "auto". precision: see ``KERNEL_PRECISIONS``
+    (with "tf32x3" two codes within ~2^-21 relative of each other may swap; the returned
+    distance is the chosen code's exact fp32 distance either way).
     """
+    config = kernel_config(precision)
     if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
         raise ValueError(f"nearest_code: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} "
                          "must be (N, D) and (K, D)")
     if _backend(z, backend) == "triton":
         from ..kernels.search_triton import nearest_code_triton
 
-        return nearest_code_triton(z, codebook)
+        return nearest_code_triton(z, codebook, config=config)
     return nearest_code_torch(z, codebook, chunk_size)
