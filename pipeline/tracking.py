@@ -94,6 +94,17 @@ class StageRun:
         if items:
             self.client.log_batch(self.parent_id if parent else self.run_id, metrics=items)
 
+    def log_summary(self, summary: Mapping[str, Any], parent_prefix: str | None = "") -> dict[str, float]:
+        """Log a stage's final summary: its numbers (not bools, strings or lists) go to the
+        stage run and, unless ``parent_prefix`` is None, to the parent run as
+        ``<parent_prefix>/<key>`` (plain keys for ""), so runs compare side by side."""
+        numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.log_metrics(numeric)
+        if parent_prefix is not None:
+            self.log_metrics({f"{parent_prefix}/{k}" if parent_prefix else k: v for k, v in numeric.items()},
+                             parent=True)
+        return numeric
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 

@@ -59,6 +59,13 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, Any]:
+    """``module.state_dict()`` with every tensor detached and on the CPU, for model files that
+    load anywhere. Not every entry is a tensor: a submodule's get_extra_state() (SF-DiVeQ's
+    warm-up flag) is stored as whatever it returns, so non-tensors pass through."""
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.state_dict().items()}
+
+
 class BatchSource:
     """Random batches of uint8 NHWC images as float (B, 3, H, W) in [-1, 1] on the device.
 

@@ -70,10 +70,8 @@ def evaluate_flow() -> None:
     with stage_run("evaluate") as run:
         run.log_params(to_dict(p.evaluate), "evaluate")
         results = evaluate(p)
-        numeric = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        run.log_metrics(numeric)
         # The parent run gets the headline metrics and every param, for side-by-side comparison.
-        run.log_metrics(numeric, parent=True)
+        run.log_summary(results)
         run.log_params(flatten(to_dict(p)), parent=True)
         for f in ("metrics.json", "plots/reconstructions.png", "plots/codebook_usage.png", "plots/loss_curves.png",
                   "plots/samples.png"):

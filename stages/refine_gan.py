@@ -81,9 +81,7 @@ def refine_gan_flow() -> None:
     with stage_run("refine_gan") as run:
         run.log_params({"refine_gan": to_dict(p.refine_gan)})
         summary = refine(p, run)
-        numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        run.log_metrics(numeric)
-        run.log_metrics({f"refine_gan/{k}": v for k, v in numeric.items()}, parent=True)
+        run.log_summary(summary, parent_prefix="refine_gan")
         run.log_model_reference(TOKENIZER)
         run.log_artifact(GRID)
         run.log_artifact(LOSS_CSV)

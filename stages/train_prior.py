@@ -115,9 +115,7 @@ def train_prior_flow() -> None:
         tokenizer, _ = load_autoencoder(require(TOKENIZER, "refine_gan"), device)
         tokens = tokenize(tokenizer, device)
         summary = train(p, run, tokenizer, tokens, device)
-        numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        run.log_metrics(numeric)
-        run.log_metrics({f"train_prior/{k}": v for k, v in numeric.items()}, parent=True)
+        run.log_summary(summary, parent_prefix="train_prior")
         run.log_model_reference(PRIOR_MODEL)
         run.log_artifact(LOSS_CSV)
         if SAMPLE_GRID.exists():

@@ -75,3 +75,20 @@ def test_explicit_parent_and_tracking_uri_override(store, monkeypatch, tmp_path)
         r.log_metrics({"rfid": 3.0}, parent=True)
     assert r.parent_id == parent
     assert client.get_run(parent).data.metrics["rfid"] == 3.0
+
+
+def test_log_summary_logs_numbers_to_the_stage_and_the_parent(store):
+    summary = {"bits_per_token": 4.5, "steps": 10, "ok": True, "method": "nsvq", "curve": [1.0, 2.0],
+               "skipped": None}
+    with tracking.stage_run("train_prior") as r:
+        logged = r.log_summary(summary, parent_prefix="train_prior")
+    with tracking.stage_run("evaluate") as e:
+        e.log_summary({"rfid": 3.0})
+    with tracking.stage_run("refine_gan") as g:
+        g.log_summary({"d_loss": 0.5}, parent_prefix=None)
+    assert logged == {"bits_per_token": 4.5, "steps": 10}
+    client, _ = _runs(store)
+    assert client.get_run(r.run_id).data.metrics == {"bits_per_token": 4.5, "steps": 10.0}
+    assert client.get_run(r.parent_id).data.metrics == {"train_prior/bits_per_token": 4.5,
+                                                        "train_prior/steps": 10.0, "rfid": 3.0}
+    assert client.get_run(g.run_id).data.metrics == {"d_loss": 0.5}

@@ -12,18 +12,15 @@ from typing import Any
 import torch
 
 from ..configbase import build, to_dict
-from ..training import atomic_save
+from ..training import atomic_save, cpu_state_dict
 from .autoencoder import VQAutoencoder
 
 
 def save_autoencoder(path: str | Path, model: VQAutoencoder, model_params, quantizer_params=None,
                      meta: dict[str, Any] | None = None) -> None:
-    # Not every entry is a tensor: a module's get_extra_state() (SF-DiVeQ's warm-up flag) is
-    # stored as whatever it returns.
-    state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
     atomic_save({"model": to_dict(model_params),
                  "quantizer": to_dict(quantizer_params) if quantizer_params is not None else None,
-                 "state_dict": state, "meta": meta or {}}, path)
+                 "state_dict": cpu_state_dict(model), "meta": meta or {}}, path)
 
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQAutoencoder, dict]:

@@ -153,9 +153,9 @@ def sample_logits(logits: torch.Tensor, top_k: int = 0, generator: torch.Generat
 def save_prior(path: str | Path, prior: TokenPrior | None, meta: dict[str, Any] | None = None) -> None:
     """``{"config": ..., "state_dict": ..., "meta": ...}``, written atomically; ``prior=None``
     records that no prior was trained (config and state_dict None)."""
-    from ..training import atomic_save
+    from ..training import atomic_save, cpu_state_dict
 
-    state = None if prior is None else {k: v.detach().cpu() for k, v in prior.state_dict().items()}
+    state = None if prior is None else cpu_state_dict(prior)
     atomic_save({"config": None if prior is None else dict(prior.config), "state_dict": state,
                  "meta": meta or {}}, path)
 
