@@ -15,7 +15,7 @@ __all__ = ["ConfigError", "Params", "load_params", "to_dict", "flatten", "QUANTI
 
 # Every method registered in pipeline.quantizers; the registry test keeps the two in step.
 QUANTIZER_METHODS = ("vq", "ema", "fc", "simvq", "transvq", "nsvq", "diveq", "diveq_detach", "sf_diveq",
-                     "sf_diveq_detach", "rotation", "gumbel", "noise_sub")
+                     "sf_diveq_detach", "rotation", "rotation_loss", "gumbel", "noise_sub")
 
 
 @dataclass
@@ -135,6 +135,8 @@ class QuantizerParams:
     replacement: ReplacementParams = field(default_factory=ReplacementParams)
     nsvq: NSVQParams = field(default_factory=NSVQParams)
     ema: EMAParams = field(default_factory=EMAParams)
+    rotation: EMAParams = field(default_factory=lambda: EMAParams(decay=0.8),
+                                metadata={"doc": "rotation's EMA codebook (decay 0.8 in the paper's code)"})
     fc: FCParams = field(default_factory=FCParams)
     transvq: TransVQParams = field(default_factory=TransVQParams)
     diveq: DiVeQParams = field(default_factory=DiVeQParams)

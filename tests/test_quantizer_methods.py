@@ -8,7 +8,7 @@ Formulas (see each module's docstring for the paper):
   TransVQ    codebook = T(C): one pre-LN linear-attention block (phi = elu + 1) + MLP
   DiVeQ      z_q = z + ||c - z|| sg[(v + c - z) / ||v + c - z||]   (detach: v = 0)
   SF-DiVeQ   dithered c~_j = (1 - l_j) c_j + l_j c_{j+1};  DiVeQ on both ends of segment j
-  rotation   z_q = sg(lambda R) z,  R z_hat = q_hat,  lambda = ||q|| / ||z||
+  rotation   z_q = sg(lambda R) z,  R z_hat = q_hat,  lambda = ||q|| / ||z||  (EMA codebook; rotation_loss: VQ losses)
   Gumbel     z_q = (onehot + y - sg(y)) E,  y = softmax((l + g) / tau);  KL(softmax(l) || U)
   noise_sub  z_q = z + ||z - c|| r / ||r||
   residual   r_{l+1} = r_l - z_q,l + sg(z_q,l - h_l),  z_q = sum_l z_q,l
@@ -30,7 +30,7 @@ from pipeline.quantizers.ema import EMAVQ
 from pipeline.quantizers.fc import FactorizedVQ
 from pipeline.quantizers.gumbel import GumbelVQ
 from pipeline.quantizers.noise_sub import NoiseSubstitutionVQ
-from pipeline.quantizers.rotation import RotationVQ, rotate_onto
+from pipeline.quantizers.rotation import RotationLossVQ, RotationVQ, rotate_onto
 from pipeline.quantizers.sf_diveq import SFDiVeQ, SFDiVeQDetach
 from pipeline.quantizers.simvq import SimVQ
 from pipeline.quantizers.transvq import LinearAttention, TransVQ
@@ -280,8 +280,8 @@ def test_sf_diveq_warmup_passes_latents_then_initialises_from_their_averages():
 # ---------------------------------------------------------------------------------------------
 # Rotation trick
 # ---------------------------------------------------------------------------------------------
-def test_rotation_trick_hand_case():
-    q = RotationVQ(2, 2, beta=0.25)
+def test_rotation_loss_trick_hand_case():
+    q = RotationLossVQ(2, 2, beta=0.25)
     set_codes(q, t([0.0, 2.0], [-5.0, -5.0]))
     z = t([1.0, 0.0]).requires_grad_()
     out = q(z)
@@ -295,6 +295,25 @@ def test_rotation_trick_hand_case():
     q.embedding.grad = None
     q(z).loss.backward()
     assert torch.allclose(q.embedding.grad[0], t([0.0, 2.0])[0] - z.detach()[0])        # (q - z), codebook term
+
+
+def test_rotation_trick_on_ema_codebook_hand_case():
+    """``rotation``: the paper's setup, an EMA codebook (decay 0.8) + commitment, rotated z_q."""
+    q = RotationVQ(2, 2, beta=0.25)
+    assert q.decay == 0.8 and not any(p.requires_grad for p in q.parameters())
+    q.init_codebook(t([0.0, 2.0], [-5.0, -5.0]))
+    z = t([1.0, 0.0]).requires_grad_()
+    out = q(z)
+    assert out.indices.tolist() == [0] and torch.equal(out.z_q, t([0.0, 2.0]))   # pre-update code
+    assert out.loss.item() == pytest.approx(0.25 * 2.5)                          # commitment only
+    # EMA with one latent on code 0: N = (0.8 + 0.2, 0.8), m_0 = 0.8 (0, 2) + 0.2 (1, 0);
+    # Laplace smoothing: N~_0 = (1 + eps) / (1.8 + 2 eps) * 1.8
+    n0 = (1 + 1e-5) / (1.8 + 2e-5) * 1.8
+    assert torch.allclose(q.embedding[0], t([0.2, 1.6])[0] / n0, atol=1e-6)
+    z.grad = None
+    out.z_q.sum().backward()
+    # the decoder gradient g = (1, 1) reaches z as (lambda R)^T g, R = [[0, -1], [1, 0]], lambda = 2
+    assert torch.allclose(z.grad, t([2.0, -2.0]), atol=1e-6)
 
 
 def test_rotation_is_scaled_orthogonal_map_onto_code():

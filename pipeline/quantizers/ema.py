@@ -47,7 +47,11 @@ class EMAVQ(Quantizer):
         loss = self.beta * (z - q).pow(2).mean()       # q is a buffer: commitment only
         if self.training:
             self._ema_update(z.detach(), idx)
-        return straight_through(z, q), idx, loss
+        return self.pass_through(z, q), idx, loss
+
+    def pass_through(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """What the decoder gets: forward value q, gradient path to z (here the STE)."""
+        return straight_through(z, q)
 
     @torch.no_grad()
     def _ema_update(self, z: torch.Tensor, idx: torch.Tensor) -> None:

@@ -9,7 +9,7 @@ from .gumbel import GumbelVQ
 from .noise_sub import NoiseSubstitutionVQ
 from .nsvq import NSVQ
 from .residual import ResidualVQ
-from .rotation import RotationVQ
+from .rotation import RotationLossVQ, RotationVQ
 from .sf_diveq import SFDiVeQ, SFDiVeQDetach
 from .simvq import SimVQ
 from .transvq import TransVQ
@@ -27,7 +27,8 @@ METHODS: dict[str, tuple[type[Quantizer], str | None]] = {
     "diveq_detach": (DiVeQDetach, None),
     "sf_diveq": (SFDiVeQ, "sf_diveq"),
     "sf_diveq_detach": (SFDiVeQDetach, "sf_diveq"),
-    "rotation": (RotationVQ, None),
+    "rotation": (RotationVQ, "rotation"),
+    "rotation_loss": (RotationLossVQ, None),
     "gumbel": (GumbelVQ, "gumbel"),
     "noise_sub": (NoiseSubstitutionVQ, None),
 }
