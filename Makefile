@@ -41,7 +41,7 @@ test-fast: install $(PYIQA_WHEEL_DIR)/.fetched
 toy: install                  # the NS-VQ paper's 2-D drift demos -> reports/toy/ (about 15 s)
 	$(BIN)/python -m pipeline.toy
 
-study: install                # every method x K = 128, 512 on the demo data -> reports/study/ (57 min measured)
+study: install                # every method x K = 128, 512 on the demo data -> reports/study/ (57 min measured for 13 methods; 14 now)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.study --methods all --codebook-sizes 128 512
 
 clean:
