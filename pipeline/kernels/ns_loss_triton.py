@@ -40,14 +40,13 @@ arithmetic is fp32; exp2 is the hardware ex2.approx.ftz (rel. error ~2^-22).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .search_triton import (FMA_MAX_D, _interpret, _num_sms, device_guard, dot_block_d,
-                            load_code_tile, load_z_cols, pack_codebook, padded_dim, tile_scores)
+from .search_triton import (FMA_MAX_D, _interpret, _num_sms, apply_env_config, check_precision, device_guard,
+                            dot_block_d, load_code_tile, load_z_cols, pack_codebook, padded_dim, tile_scores)
 
 LOG2E = 1.4426950408889634
 
@@ -543,11 +542,7 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
     if use_dot:  # pass 2 of the dot path runs one program per packed tile
         cfg["C_BLOCK_K"] = cfg["R_BLOCK_K"]
     cfg["precision"] = "ieee"
-    env = os.environ.get("NSVQ_NS_CONFIG", "")
-    for item in filter(None, (s.strip() for s in env.split(","))):
-        key, val = (x.strip() for x in item.split("="))
-        cfg[key] = val if key == "precision" else int(val)
-    return cfg
+    return apply_env_config(cfg, "NSVQ_NS_CONFIG", ("precision",))
 
 
 @torch.no_grad()
@@ -579,8 +574,7 @@ def _ns_loss_stats_triton(z, codebook, winner, tau, lam, config):
     cfg = default_ns_config(n, k, d)
     if config:
         cfg.update(config)
-    if cfg["precision"] not in ("ieee", "tf32x3"):
-        raise ValueError(f"ns_loss_stats_triton: precision must be 'ieee' or 'tf32x3', got {cfg['precision']!r}")
+    check_precision(cfg, "ns_loss_stats_triton")
     use_dot = d > FMA_MAX_D
     dp = padded_dim(d, use_dot)
     block_d = dot_block_d(d)          # pass 2 D chunk (<= 64; divides dp)

@@ -52,6 +52,8 @@ import triton.language as tl
 
 # D up to this uses the unrolled FMA path; larger D uses tl.dot.
 FMA_MAX_D = 16
+# tl.dot input precisions the kernels accept; plain "tf32" would need an exact fp32 re-check.
+DOT_PRECISIONS = ("ieee", "tf32x3")
 
 
 def _interpret() -> bool:
@@ -426,11 +428,21 @@ def default_config(n: int, k: int, d: int) -> dict:
         cfg = dict(BLOCK_N=32, BLOCK_K=32, num_warps=8, num_stages=1, SPLIT_K=0)
     cfg["precision"] = "ieee"
     cfg["path"] = "dot" if use_dot else "fma"
-    env = os.environ.get("NSVQ_SEARCH_CONFIG", "")
-    for item in filter(None, (s.strip() for s in env.split(","))):
-        key, val = item.split("=")
-        cfg[key.strip()] = val.strip() if key.strip() in ("precision", "path") else int(val)
+    return apply_env_config(cfg, "NSVQ_SEARCH_CONFIG", ("precision", "path"))
+
+
+def apply_env_config(cfg: dict, var: str, str_keys: tuple[str, ...]) -> dict:
+    """Override ``cfg`` from the env var ``var`` ("KEY=VALUE,..."): ints except ``str_keys``."""
+    for item in filter(None, (s.strip() for s in os.environ.get(var, "").split(","))):
+        key, val = (x.strip() for x in item.split("="))
+        cfg[key] = val if key in str_keys else int(val)
     return cfg
+
+
+def check_precision(cfg: dict, who: str) -> None:
+    if cfg["precision"] not in DOT_PRECISIONS:
+        raise ValueError(f"{who}: precision must be one of {', '.join(map(repr, DOT_PRECISIONS))}, "
+                         f"got {cfg['precision']!r}")
 
 
 def _num_sms(device: torch.device) -> int:
@@ -479,8 +491,7 @@ def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, config: dict |
     cfg = default_config(n, k, d)
     if config:
         cfg.update(config)
-    if cfg["precision"] not in ("ieee", "tf32x3"):   # plain tf32 would need an exact re-check
-        raise ValueError(f"nearest_code_triton: precision must be 'ieee' or 'tf32x3', got {cfg['precision']!r}")
+    check_precision(cfg, "nearest_code_triton")
     use_dot = cfg["path"] == "dot"
     if not use_dot and d > FMA_MAX_D:
         raise ValueError(f"nearest_code_triton: the fma path supports D <= {FMA_MAX_D}")

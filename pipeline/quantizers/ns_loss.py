@@ -56,12 +56,12 @@ def ns_loss_stats(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor,
 
 class _NSEmbeddingLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, codebook, winner, tau, lam, chunk_size, backend, precision):
+    def forward(ctx, z, codebook, winner, tau, lam, chunk_size, backend, kernel_cfg):
         n, d = z.shape
         if backend == "triton":
             from ..kernels.ns_loss_triton import ns_loss_stats_triton
 
-            total, s, m = ns_loss_stats_triton(z, codebook, winner, tau, lam, config=kernel_config(precision))
+            total, s, m = ns_loss_stats_triton(z, codebook, winner, tau, lam, config=kernel_cfg)
         else:
             total, s, m = ns_loss_stats(z, codebook, winner, tau, lam, chunk_size)
         ctx.save_for_backward(codebook, s, m)
@@ -84,11 +84,11 @@ def ns_embedding_loss(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Ten
     backend "auto" uses the fused Triton kernel on CUDA when available; precision is the
     kernel's matmul precision (``search.KERNEL_PRECISIONS``; the torch path is fp32).
     """
-    kernel_config(precision)   # reject a bad name on every backend
+    kernel_cfg = kernel_config(precision)   # rejects a bad name on every backend
     if backend == "auto":
         backend = _backend(z, "auto")
     return _NSEmbeddingLoss.apply(z.detach(), codebook, winner, float(tau), float(lam), chunk_size, backend,
-                                  precision)
+                                  kernel_cfg)
 
 
 def ns_embedding_loss_dense(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
