@@ -3,7 +3,7 @@
 Run by tests/test_kernels_triton.py in a subprocess with TRITON_INTERPRET=1 (it must be set
 before triton is imported), one group at a time:
 
-    TRITON_INTERPRET=1 python tests/kernels_interp_check.py search|ns|loss [--seed S]
+    TRITON_INTERPRET=1 python tests/kernels_interp_check.py search|ns|fused|loss [--seed S]
 
 Prints one line per check and "FAIL ..." lines for failures; the exit status is the number of
 failures (capped at 100). Inputs are random with odd sizes and a fresh seed per run (printed, and
@@ -235,6 +235,98 @@ def group_ns(gen: torch.Generator) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# search fused into the NS loss's row pass
+# ----------------------------------------------------------------------------------------------
+def check_fused_case(z, cb, tau, lam, label, config=None, tol=1e-4):
+    """ns_search_stats_triton against nearest_code_triton (same config family) and ns_loss_stats
+    for its own winners: the FMA path's scores are bit-identical to the search kernel's, so the
+    indices must be equal there; the dot path sums in another D chunking, so near-ties may swap."""
+    from pipeline.kernels.ns_fused_triton import ns_search_stats_triton
+    from pipeline.kernels.search_triton import FMA_MAX_D, nearest_code_triton
+    from pipeline.quantizers.ns_loss import ns_loss_stats
+
+    idx, dist, tot, s, m = ns_search_stats_triton(z, cb, tau, lam, config=config)
+    search_cfg = {"precision": config["precision"]} if config and "precision" in config else None
+    sidx, sdist = nearest_code_triton(z, cb, config=search_cfg)
+    check(idx.dtype == torch.int64 and dist.dtype == torch.float32 and idx.shape == (z.shape[0],),
+          f"fused {label}: dtypes/shapes")
+    if z.shape[1] <= FMA_MAX_D:
+        check(torch.equal(idx, sidx) and torch.equal(dist, sdist),
+              f"fused {label}: (idx, dist) == nearest_code_triton ({int((idx != sidx).sum())} differ)")
+    else:
+        d64 = ((z.double()[:, None, :] - cb.double()[None, :, :]) ** 2).sum(-1)
+        excess = (d64.gather(1, idx[:, None])[:, 0] - d64.min(1).values) / d64.min(1).values.clamp_min(1e-30)
+        check(float(excess.max()) <= 1e-5, f"fused {label}: winners nearest within 1e-5 "
+                                            f"({int((idx != sidx).sum())} differ from the search kernel)")
+        exact = (z.float() - cb.float()[idx]).pow(2).sum(1)
+        check(torch.allclose(dist, exact, rtol=1e-5, atol=0), f"fused {label}: dist == ||z - c_idx||^2")
+    rt, rs, rm = ns_loss_stats(z, cb, idx, tau, lam)
+    et, es, em = rel_err(tot, rt), rel_err(s, rs), rel_err(m, rm)
+    finite = all(bool(torch.isfinite(x).all()) for x in (tot, s, m))
+    check(finite and et <= tol and es <= tol and em <= tol,
+          f"fused {label}: stats rel err total {et:.1e} s {es:.1e} M {em:.1e} (tol {tol:g})")
+
+
+def group_fused(gen: torch.Generator) -> None:
+    from pipeline.kernels.ns_fused_triton import ns_search_stats_triton
+    from pipeline.quantizers.ns_loss import ns_search_and_loss, ns_search_stats
+
+    cases = [
+        # (n, k, d, tau, lam, scale, config)
+        (37, 131, 5, 0.5, 0.01, 1.0, None),
+        (64, 1000, 8, 1.0, 0.01, 1.0, None),                    # the target D
+        (40, 200, 8, 0.1, 2.0, 1.0, {"C_SPLIT": 2, "F_BLOCK_N": 32}),
+        (23, 61, 16, 0.7, 0.3, 1.0, None),                      # largest FMA-path D
+        (30, 10, 6, 0.5, 0.05, 1.0, None),                      # K < tile: slots that never see a code
+        (1, 2, 1, 1.0, 1.0, 1.0, None),
+        (50, 77, 17, 0.2, 0.0, 1.0, None),                      # dot path, lam = 0
+        (19, 300, 64, 0.3, 0.05, 1.0, None),                    # dot path
+        (21, 70, 100, 0.5, 0.02, 1.0, {"C_SPLIT": 2}),          # dot path, D in two chunks
+        (19, 300, 64, 0.3, 0.05, 1.0, {"precision": "tf32x3"}), # tensor-core variant (plumbing)
+        (33, 257, 8, 0.01, 0.01, 3.0, None),                    # exponents spanning > 2^10: the
+        (33, 257, 40, 0.01, 0.01, 3.0, None),                   # online rescaling must stay exact
+    ]
+    for n, k, d, tau, lam, scale, cfg in cases:
+        z, cb = _data(gen, n, k, d, scale)
+        check_fused_case(z, cb, tau, lam, f"N={n} K={k} D={d} tau={tau} lam={lam} x{scale} cfg={cfg}", cfg)
+    # exact ties and exact hits (integer codes): lowest index, as the search
+    for d in (5, 24):
+        base = torch.randint(-4, 5, (23, d), generator=gen).float()
+        cb = torch.cat([base, base, base[:7], base])
+        z = torch.cat([base[:9], base[torch.randint(0, 23, (20,), generator=gen)]
+                       + 0.5 * torch.randint(-1, 2, (20, d), generator=gen).float()])
+        idx = ns_search_stats_triton(z, cb, 0.5, 0.01)[0]
+        check(bool((idx < 23).all()), f"fused ties D={d}: lowest index among exact duplicates")
+        check_fused_case(z, cb, 0.5, 0.01, f"ties D={d}")
+    # torch path of the same contract: search bit-identical to nearest_code_torch
+    from pipeline.quantizers.search import nearest_code_torch
+
+    z, cb = _data(gen, 45, 200, 8)
+    idx, dist, tot, s, m = ns_search_stats(z, cb, 0.5, 0.01, chunk_size=16)
+    ridx, rdist = nearest_code_torch(z, cb, chunk_size=16)
+    check(torch.equal(idx, ridx) and torch.equal(dist, rdist), "fused torch: (idx, dist) == nearest_code_torch")
+    # the public entry point: same loss and gradient on both backends
+    out = {}
+    for backend in ("torch", "triton"):
+        e = cb.clone().requires_grad_(True)
+        i, _, loss = ns_search_and_loss(z, e, 0.5, 0.01, backend=backend)
+        loss.backward()
+        out[backend] = (i, loss.detach(), e.grad)
+    check(torch.equal(out["torch"][0], out["triton"][0])
+          and rel_err(out["triton"][1], out["torch"][1]) <= 1e-4
+          and rel_err(out["triton"][2], out["torch"][2]) <= 1e-4,
+          "ns_search_and_loss: triton == torch (indices, loss, codebook gradient)")
+    idx, dist, tot, s, m = ns_search_stats_triton(torch.zeros(0, 3), torch.randn(4, 3, generator=gen), 1.0, 0.1)
+    check(idx.shape == (0,) and float(tot) == 0.0 and m.shape == (4, 3), "fused N=0")
+    for bad, key in (({"precision": "tf32"}, "precision"),):
+        try:
+            ns_search_stats_triton(torch.randn(3, 20), torch.randn(4, 20), 1.0, 0.1, config=bad)
+            check(False, f"fused: bad {key} must be refused")
+        except ValueError as exc:
+            check(key in str(exc), f"fused: bad {key} names it ({exc})")
+
+
+# ----------------------------------------------------------------------------------------------
 # full loss + gradient through the autograd Function
 # ----------------------------------------------------------------------------------------------
 def group_loss(gen: torch.Generator) -> None:
@@ -272,7 +364,7 @@ def group_loss(gen: torch.Generator) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("group", choices=["search", "ns", "loss", "all"])
+    ap.add_argument("group", choices=["search", "ns", "fused", "loss", "all"])
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -282,9 +374,9 @@ def main() -> int:
     print(f"seed {seed}", flush=True)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.time()
-    groups = ["search", "ns", "loss"] if args.group == "all" else [args.group]
+    groups = ["search", "ns", "fused", "loss"] if args.group == "all" else [args.group]
     for g in groups:
-        {"search": group_search, "ns": group_ns, "loss": group_loss}[g](gen)
+        {"search": group_search, "ns": group_ns, "fused": group_fused, "loss": group_loss}[g](gen)
     print(f"{len(FAILS)} failures, {time.time() - t0:.1f}s (seed {seed})", flush=True)
     return min(len(FAILS), 100)
 

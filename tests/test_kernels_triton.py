@@ -53,6 +53,14 @@ def test_ns_loss_stats_triton_interpreter():
     _run("ns")
 
 
+def test_ns_search_stats_triton_interpreter():
+    """The search fused into the NS loss's row pass: (idx, dist) equal nearest_code_triton's
+    (FMA path; dot path: winners nearest within 1e-5), (total, s, M) equal ns_loss_stats for
+    those winners, exact ties, K below one tile, exponents spanning > 2^10, and the
+    ns_search_and_loss entry point on both backends."""
+    _run("fused")
+
+
 def test_ns_embedding_loss_triton_interpreter():
     """ns_embedding_loss(backend="triton"): loss and codebook gradient equal the torch backend
     and the dense N x K formulation."""

@@ -25,6 +25,7 @@ from pipeline.config import QUANTIZER_METHODS, QuantizerParams, ReplacementParam
 from pipeline.configbase import ConfigError, build
 from pipeline.quantizers import METHODS, CodeReplacement, ResidualVQ, build_quantizer
 from pipeline.quantizers import base as base_module
+from pipeline.quantizers import nsvq as nsvq_module
 from pipeline.quantizers.diveq import DiVeQ, DiVeQDetach
 from pipeline.quantizers.ema import EMAVQ
 from pipeline.quantizers.fc import FactorizedVQ
@@ -586,13 +587,17 @@ def test_a_few_optimisation_steps_reduce_distortion(method):
 @pytest.mark.parametrize("method", ALL)
 def test_chunked_search_is_used_and_chunking_does_not_change_results(method, monkeypatch):
     calls = []
-    real = base_module.nearest_code
 
-    def spy(z, codebook, **kw):
-        calls.append((z.shape[0], codebook.shape[0], kw.get("chunk_size")))
-        return real(z, codebook, **kw)
+    def spy_on(module, name):
+        real = getattr(module, name)
 
-    monkeypatch.setattr(base_module, "nearest_code", spy)
+        def spy(z, codebook, *args, **kw):
+            calls.append((z.shape[0], codebook.shape[0], kw.get("chunk_size")))
+            return real(z, codebook, *args, **kw)
+        monkeypatch.setattr(module, name, spy)
+
+    spy_on(base_module, "nearest_code")
+    spy_on(nsvq_module, "ns_search_and_loss")     # NSVQ searches inside its NS loss's sweep
     z = torch.randn(37, 4)
     results = []
     for chunk in (1, 5, 8192):

@@ -13,7 +13,8 @@ import torch
 
 from pipeline.quantizers import CodeReplacement, build_quantizer, nearest_code
 from pipeline.quantizers.base import modified_straight_through
-from pipeline.quantizers.ns_loss import ns_embedding_loss, ns_embedding_loss_dense, ns_loss_stats, ns_weights
+from pipeline.quantizers.ns_loss import (ns_embedding_loss, ns_embedding_loss_dense, ns_loss_stats, ns_search_and_loss,
+                                         ns_weights)
 from pipeline.quantizers.nsvq import NSVQ
 from pipeline.quantizers.search import nearest_code_torch
 from pipeline.quantizers.vq import VQ
@@ -95,6 +96,26 @@ def test_ns_loss_chunked_equals_dense():
         assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-7)
     total, s, m = ns_loss_stats(z, e.detach(), idx, 0.5, 0.03, chunk_size=5)
     assert s.shape == (29,) and m.shape == (29, 6)
+
+
+def test_ns_search_and_loss_is_search_plus_loss_in_one_pass():
+    """NSVQ's fused entry point: the nearest_code_torch result bit for bit (same scores, same
+    chunks) and the NS loss / gradient for those winners, from one sweep over the scores."""
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(53, 5, generator=g, requires_grad=True)
+    e = torch.randn(31, 5, generator=g, requires_grad=True)
+    for chunk in (1, 8, 100):
+        idx, dist, loss = ns_search_and_loss(z, e, 0.4, 0.05, chunk_size=chunk, backend="torch")
+        ridx, rdist = nearest_code_torch(z.detach(), e.detach(), chunk_size=chunk)
+        assert torch.equal(idx, ridx) and torch.equal(dist, rdist)
+        ge, = torch.autograd.grad(loss, e)
+        ref = ns_embedding_loss_dense(z, e, 0.4, 0.05)
+        gr, = torch.autograd.grad(ref, e)
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+        assert torch.allclose(ge, gr, rtol=1e-5, atol=1e-7)
+    assert z.grad is None   # sg(z): the embedding loss never reaches the encoder
+    with pytest.raises(ValueError, match="ns_search_and_loss"):
+        ns_search_and_loss(z, e[:, :4], 0.4, 0.05, backend="torch")
 
 
 def test_ns_loss_moves_non_selected_codes():

@@ -40,6 +40,7 @@ arithmetic is fp32; exp2 is the hardware ex2.approx.ftz (rel. error ~2^-22).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -516,7 +517,8 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
     """Launch config of both passes; ``NSVQ_NS_CONFIG="R_BLOCK_N=64,C_SPLIT=4"`` overrides keys.
 
     R_*: pass 1 (rows): BLOCK_N rows per program, BLOCK_K codes per tile (also the pack width
-    PBK), num_warps. C_*: pass 2 (codes): BLOCK_K codes per program (FMA path: each thread owns
+    PBK), num_warps. F_*: the fused search + pass 1 of ns_fused_triton: BLOCK_N, num_warps
+    (its code tile is the pack width R_BLOCK_K). C_*: pass 2 (codes): BLOCK_K codes per program (FMA path: each thread owns
     BLOCK_K / (32 num_warps) codes), BLOCK_R rows per step (FMA path: 2, rows are streamed in
     pairs; dot path: the tl.dot M dimension, >= 16), num_warps, SPLIT row ranges per code block
     (partials summed on the host in a fixed order; 0 = auto, about 16 warps per SM).
@@ -541,8 +543,65 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
                    C_BLOCK_K=128, C_BLOCK_R=2, C_num_warps=1, C_SPLIT=0)
     if use_dot:  # pass 2 of the dot path runs one program per packed tile
         cfg["C_BLOCK_K"] = cfg["R_BLOCK_K"]
+    # the fused search + pass 1 (ns_fused_triton): pass 1's shape until a GPU sweep says otherwise
+    cfg["F_BLOCK_N"] = cfg["R_BLOCK_N"]
+    cfg["F_num_warps"] = cfg["R_num_warps"]
     cfg["precision"] = "ieee"
     return apply_env_config(cfg, "NSVQ_NS_CONFIG", ("precision",))
+
+
+@dataclass
+class NSLaunch:
+    """What both passes need, prepared once per call: fp32 contiguous inputs, the merged config
+    and the packed codebook (shared by pass 1, or the fused search pass, and pass 2)."""
+    z: torch.Tensor
+    e: torch.Tensor
+    n: int
+    k: int
+    d: int
+    cfg: dict
+    use_dot: bool
+    dp: int
+    pbk: int
+    packed: torch.Tensor | None
+    t: int
+    neg_a: float
+    log2_lamk: float
+
+
+def prepare_ns(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, config: dict | None,
+               who: str) -> NSLaunch:
+    """Validate (errors name ``who``), merge ``config`` into default_ns_config, pack the codebook
+    (skipped when N == 0)."""
+    if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"{who}: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} "
+                         "must be (N, D) and (K, D)")
+    if codebook.shape[0] == 0 or codebook.shape[1] == 0:
+        raise ValueError(f"{who}: empty codebook or D == 0")
+    if tau <= 0:
+        raise ValueError(f"{who}: tau must be > 0")
+    z = z.detach().float().contiguous()
+    e = codebook.detach().float().contiguous()
+    n, d = z.shape
+    k = e.shape[0]
+    cfg = default_ns_config(n, k, d)
+    if config:
+        cfg.update(config)
+    check_precision(cfg, who)
+    use_dot = d > FMA_MAX_D
+    dp = padded_dim(d, use_dot)
+    pbk = cfg["R_BLOCK_K"]
+    packed, t = (None, 0) if n == 0 else pack_codebook(e, dp, pbk)
+    if packed is not None and packed.numel() >= 2**31:
+        raise ValueError(f"{who}: K * D too large for int32 offsets")
+    lamk = float(lam) * k
+    return NSLaunch(z, e, n, k, d, cfg, use_dot, dp, pbk, packed, t, -LOG2E / float(tau),
+                    math.log2(lamk) if lamk > 0 else float("-inf"))
+
+
+def empty_stats(L: NSLaunch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dev = L.z.device
+    return torch.zeros((), device=dev), torch.zeros(L.k, device=dev), torch.zeros(L.k, L.d, device=dev)
 
 
 @torch.no_grad()
@@ -551,57 +610,36 @@ def ns_loss_stats_triton(z: torch.Tensor, codebook: torch.Tensor, winner: torch.
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum_ik w_ik d_ik 0-dim, s (K,), M (K, D)), all fp32; see the module docstring."""
     with device_guard(z):
-        return _ns_loss_stats_triton(z, codebook, winner, tau, lam, config)
+        L = prepare_ns(z, codebook, tau, lam, config, "ns_loss_stats_triton")
+        if L.n == 0:
+            return empty_stats(L)
+        win = winner.detach().reshape(-1).to(device=L.z.device, dtype=torch.int32).contiguous()
+        if win.numel() != L.n:
+            raise ValueError("ns_loss_stats_triton: winner must have N entries")
+        zsq = torch.empty(L.n, dtype=torch.float32, device=L.z.device)
+        crow = torch.empty(L.n, dtype=torch.float32, device=L.z.device)
+        cfg = L.cfg
+        grid1 = (triton.cdiv(L.n, cfg["R_BLOCK_N"]),)
+        if L.use_dot:
+            block_d1 = min(32, dot_block_d(L.d))  # 32 keeps the FMA-dot operands in registers
+            _ns_rows_dot_kernel[grid1](L.z, L.packed, win, zsq, crow, L.n, L.t, L.neg_a, L.log2_lamk,
+                                       D=L.d, DP=L.dp, BLOCK_D=block_d1, BLOCK_N=cfg["R_BLOCK_N"],
+                                       BLOCK_K=L.pbk, PRECISION=cfg["precision"],
+                                       num_warps=cfg["R_num_warps"])
+        else:
+            _ns_rows_kernel[grid1](L.z, L.packed, win, zsq, crow, L.n, L.t, L.neg_a, L.log2_lamk,
+                                   D=L.d, BLOCK_N=cfg["R_BLOCK_N"], BLOCK_K=L.pbk,
+                                   num_warps=cfg["R_num_warps"])
+        return ns_codes_pass(L, win, zsq, crow)
 
 
-def _ns_loss_stats_triton(z, codebook, winner, tau, lam, config):
-    if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"ns_loss_stats_triton: z {tuple(z.shape)} and codebook "
-                         f"{tuple(codebook.shape)} must be (N, D) and (K, D)")
-    if tau <= 0:
-        raise ValueError("ns_loss_stats_triton: tau must be > 0")
-    z = z.detach().float().contiguous()
-    e = codebook.detach().float().contiguous()
-    n, d = z.shape
-    k = e.shape[0]
-    dev = z.device
-    if n == 0:
-        return (torch.zeros((), device=dev), torch.zeros(k, device=dev),
-                torch.zeros(k, d, device=dev))
-    win = winner.detach().reshape(-1).to(device=dev, dtype=torch.int32).contiguous()
-    if win.numel() != n:
-        raise ValueError("ns_loss_stats_triton: winner must have N entries")
-    cfg = default_ns_config(n, k, d)
-    if config:
-        cfg.update(config)
-    check_precision(cfg, "ns_loss_stats_triton")
-    use_dot = d > FMA_MAX_D
-    dp = padded_dim(d, use_dot)
-    block_d = dot_block_d(d)          # pass 2 D chunk (<= 64; divides dp)
-    block_d1 = min(32, block_d)       # pass 1 D chunk (32 keeps the FMA-dot operands in registers)
-    pbk = cfg["R_BLOCK_K"]
-    packed, t = pack_codebook(e, dp, pbk)
-    if packed.numel() >= 2**31:
-        raise ValueError("ns_loss_stats_triton: K * D too large for int32 offsets")
-    neg_a = -LOG2E / float(tau)
-    lamk = float(lam) * k
-    log2_lamk = math.log2(lamk) if lamk > 0 else float("-inf")
-
-    zsq = torch.empty(n, dtype=torch.float32, device=dev)
-    crow = torch.empty(n, dtype=torch.float32, device=dev)
-    grid1 = (triton.cdiv(n, cfg["R_BLOCK_N"]),)
-    if use_dot:
-        _ns_rows_dot_kernel[grid1](z, packed, win, zsq, crow, n, t, neg_a, log2_lamk,
-                                   D=d, DP=dp, BLOCK_D=block_d1, BLOCK_N=cfg["R_BLOCK_N"],
-                                   BLOCK_K=pbk, PRECISION=cfg["precision"], num_warps=cfg["R_num_warps"])
-    else:
-        _ns_rows_kernel[grid1](z, packed, win, zsq, crow, n, t, neg_a, log2_lamk,
-                               D=d, BLOCK_N=cfg["R_BLOCK_N"], BLOCK_K=pbk,
-                               num_warps=cfg["R_num_warps"])
-
-    bk2 = pbk if use_dot else cfg["C_BLOCK_K"]
+def ns_codes_pass(L: NSLaunch, win: torch.Tensor, zsq: torch.Tensor, crow: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2 from the per-row winner, ||z||^2 and C of pass 1: (total, s, M)."""
+    cfg, n, k, d, dev = L.cfg, L.n, L.k, L.d, L.z.device
+    bk2 = L.pbk if L.use_dot else cfg["C_BLOCK_K"]
     br = cfg["C_BLOCK_R"]
-    nprog_k = t if use_dot else triton.cdiv(k, bk2)
+    nprog_k = L.t if L.use_dot else triton.cdiv(k, bk2)
     split = int(cfg["C_SPLIT"])
     if split <= 0:  # auto: about 16 warps per SM, at least 64 rows per split
         warps = max(1, nprog_k * cfg["C_num_warps"])
@@ -612,15 +650,15 @@ def _ns_loss_stats_triton(z, codebook, winner, tau, lam, config):
     m_part = torch.empty((split, k, d), dtype=torch.float32, device=dev)
     t_part = torch.empty((split * nprog_k,), dtype=torch.float32, device=dev)
     grid2 = (nprog_k, split)
-    if use_dot:
-        _ns_codes_dot_kernel[grid2](z, win, zsq, crow, packed, s_part, m_part, t_part,
-                                    n, k, rows_per_split, neg_a,
-                                    D=d, DP=dp, BLOCK_D=block_d, BLOCK_R=br, BLOCK_K=pbk,
+    if L.use_dot:
+        _ns_codes_dot_kernel[grid2](L.z, win, zsq, crow, L.packed, s_part, m_part, t_part,
+                                    n, k, rows_per_split, L.neg_a,
+                                    D=d, DP=L.dp, BLOCK_D=dot_block_d(d), BLOCK_R=br, BLOCK_K=L.pbk,
                                     PRECISION=cfg["precision"], num_warps=cfg["C_num_warps"])
     else:
-        _ns_codes_kernel[grid2](z, win, zsq, crow, packed, s_part, m_part, t_part,
-                                n, k, rows_per_split, neg_a,
-                                D=d, PBK=pbk, BLOCK_K=bk2, num_warps=cfg["C_num_warps"])
+        _ns_codes_kernel[grid2](L.z, win, zsq, crow, L.packed, s_part, m_part, t_part,
+                                n, k, rows_per_split, L.neg_a,
+                                D=d, PBK=L.pbk, BLOCK_K=bk2, num_warps=cfg["C_num_warps"])
     total = t_part.sum()
     if split == 1:
         return total, s_part[0], m_part[0]

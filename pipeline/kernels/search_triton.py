@@ -233,6 +233,31 @@ def _dist_step(dist, zd, cb_ptr, idx, rmask, D: tl.constexpr, d: tl.constexpr):
 
 
 @triton.jit
+def exact_dist_cols(z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+                    cb_ptr, idx64, rmask, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """sum_d (z_d - cb[idx, d])^2 in fp32 for register-held z columns (D <= 16): the winner's
+    exact distance, free of the expansion's cancellation."""
+    dist = tl.zeros([BLOCK_N], tl.float32)
+    dist = _dist_step(dist, z0, cb_ptr, idx64, rmask, D, 0)
+    dist = _dist_step(dist, z1, cb_ptr, idx64, rmask, D, 1)
+    dist = _dist_step(dist, z2, cb_ptr, idx64, rmask, D, 2)
+    dist = _dist_step(dist, z3, cb_ptr, idx64, rmask, D, 3)
+    dist = _dist_step(dist, z4, cb_ptr, idx64, rmask, D, 4)
+    dist = _dist_step(dist, z5, cb_ptr, idx64, rmask, D, 5)
+    dist = _dist_step(dist, z6, cb_ptr, idx64, rmask, D, 6)
+    dist = _dist_step(dist, z7, cb_ptr, idx64, rmask, D, 7)
+    dist = _dist_step(dist, z8, cb_ptr, idx64, rmask, D, 8)
+    dist = _dist_step(dist, z9, cb_ptr, idx64, rmask, D, 9)
+    dist = _dist_step(dist, z10, cb_ptr, idx64, rmask, D, 10)
+    dist = _dist_step(dist, z11, cb_ptr, idx64, rmask, D, 11)
+    dist = _dist_step(dist, z12, cb_ptr, idx64, rmask, D, 12)
+    dist = _dist_step(dist, z13, cb_ptr, idx64, rmask, D, 13)
+    dist = _dist_step(dist, z14, cb_ptr, idx64, rmask, D, 14)
+    dist = _dist_step(dist, z15, cb_ptr, idx64, rmask, D, 15)
+    return dist
+
+
+@triton.jit
 def _finish_argmin(best, bt, offs_k, BLOCK_K: tl.constexpr):
     """Row argmin over the elementwise (value, tile) slots; lowest code index on exact ties."""
     m = tl.min(best, axis=1)
@@ -290,23 +315,8 @@ def _search_fma_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, pval_ptr, pidx_p
         tl.store(pidx_ptr + pid_s * N + rows, idx, mask=rmask)
     else:
         idx64 = idx.to(tl.int64)
-        dist = tl.zeros([BLOCK_N], tl.float32)
-        dist = _dist_step(dist, z0, cb_ptr, idx64, rmask, D, 0)
-        dist = _dist_step(dist, z1, cb_ptr, idx64, rmask, D, 1)
-        dist = _dist_step(dist, z2, cb_ptr, idx64, rmask, D, 2)
-        dist = _dist_step(dist, z3, cb_ptr, idx64, rmask, D, 3)
-        dist = _dist_step(dist, z4, cb_ptr, idx64, rmask, D, 4)
-        dist = _dist_step(dist, z5, cb_ptr, idx64, rmask, D, 5)
-        dist = _dist_step(dist, z6, cb_ptr, idx64, rmask, D, 6)
-        dist = _dist_step(dist, z7, cb_ptr, idx64, rmask, D, 7)
-        dist = _dist_step(dist, z8, cb_ptr, idx64, rmask, D, 8)
-        dist = _dist_step(dist, z9, cb_ptr, idx64, rmask, D, 9)
-        dist = _dist_step(dist, z10, cb_ptr, idx64, rmask, D, 10)
-        dist = _dist_step(dist, z11, cb_ptr, idx64, rmask, D, 11)
-        dist = _dist_step(dist, z12, cb_ptr, idx64, rmask, D, 12)
-        dist = _dist_step(dist, z13, cb_ptr, idx64, rmask, D, 13)
-        dist = _dist_step(dist, z14, cb_ptr, idx64, rmask, D, 14)
-        dist = _dist_step(dist, z15, cb_ptr, idx64, rmask, D, 15)
+        dist = exact_dist_cols(z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+                               cb_ptr, idx64, rmask, D, BLOCK_N)
         tl.store(idx_ptr + rows, idx64, mask=rmask)
         tl.store(dist_ptr + rows, dist, mask=rmask)
 

@@ -9,8 +9,10 @@ NS-VQ paper (the "dense" embedding loss, DESIGN.md "NS-VQ"): for latent z_i and 
 Because z is stopped and w is detached, dL/de_k = (2 / (N D)) (s_k e_k - M_k) with
 s_k = sum_i w_ik and M_k = sum_i w_ik z_i. One streaming pass over row chunks therefore
 yields the loss and everything the backward needs (s: K, M: K x D); no N x K tensor
-outlives a chunk and none is kept for the backward. This torch version is the reference
-for the fused Triton kernel (pipeline/kernels/ns_loss_triton.py).
+outlives a chunk and none is kept for the backward. The winners come from the same scores, so
+``ns_search_and_loss`` also returns the nearest-code search from that one pass (NSVQ uses it).
+This torch version is the reference for the fused Triton kernels
+(pipeline/kernels/ns_loss_triton.py, pipeline/kernels/ns_fused_triton.py).
 """
 from __future__ import annotations
 
@@ -27,9 +29,33 @@ def ns_weights(dist: torch.Tensor, winner: torch.Tensor, tau: float, lam: float)
     return w
 
 
-def _sqdist(z: torch.Tensor, e: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
-    z2 = (z * z).sum(1, keepdim=True)
-    return torch.addmm(z2 + e2, z, e.t(), beta=1.0, alpha=-2.0).clamp_(min=0.0)
+@torch.no_grad()
+def _chunked_stats(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor | None, tau: float,
+                   lam: float, chunk_size: int, max_block_elems: int):
+    """(winner, total, s, M) over row chunks; winner None: each chunk's argmin of its scores."""
+    z = z.float()
+    e = codebook.float()
+    e2 = (e * e).sum(1)
+    et = e.t()
+    n = z.shape[0]
+    win = torch.empty(n, dtype=torch.long, device=z.device) if winner is None else winner
+    s = torch.zeros(e.shape[0], device=z.device)
+    m = torch.zeros_like(e)
+    total = torch.zeros((), device=z.device)
+    rows = chunk_rows(e.shape[0], chunk_size, max_block_elems)
+    for a in range(0, n, rows):
+        zc = z[a:a + rows]
+        # ||e||^2 - 2 z.e: the same op on the same chunks as nearest_code_torch, so the argmin
+        # below is its index bit for bit; + ||z||^2 and the clamp make it the distance.
+        sc = torch.addmm(e2, zc, et, beta=1.0, alpha=-2.0)
+        if winner is None:
+            win[a:a + rows] = sc.argmin(1)
+        d = sc.add_((zc * zc).sum(1, keepdim=True)).clamp_(min=0.0)
+        w = ns_weights(d, win[a:a + rows], tau, lam)
+        total += (w * d).sum()
+        s += w.sum(0)
+        m.addmm_(w.t(), zc)
+    return win, total, s, m
 
 
 @torch.no_grad()
@@ -37,33 +63,25 @@ def ns_loss_stats(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor,
                   chunk_size: int = 8192, max_block_elems: int = MAX_BLOCK_ELEMS
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chunked pass: (sum_ik w_ik d_ik, s (K,), M (K, D)), all fp32."""
-    z = z.float()
-    e = codebook.float()
-    e2 = (e * e).sum(1)
-    s = torch.zeros(e.shape[0], device=z.device)
-    m = torch.zeros_like(e)
-    total = torch.zeros((), device=z.device)
-    rows = chunk_rows(e.shape[0], chunk_size, max_block_elems)
-    for a in range(0, z.shape[0], rows):
-        zc = z[a:a + rows]
-        d = _sqdist(zc, e, e2)
-        w = ns_weights(d, winner[a:a + rows], tau, lam)
-        total += (w * d).sum()
-        s += w.sum(0)
-        m.addmm_(w.t(), zc)
-    return total, s, m
+    return _chunked_stats(z, codebook, winner, tau, lam, chunk_size, max_block_elems)[1:]
 
 
-class _NSEmbeddingLoss(torch.autograd.Function):
+@torch.no_grad()
+def ns_search_stats(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, chunk_size: int = 8192,
+                    max_block_elems: int = MAX_BLOCK_ELEMS):
+    """(idx (N,) long, dist (N,), total, s, M): ``nearest_code_torch``'s index and distance and
+    ``ns_loss_stats`` for those winners, from one sweep over the scores (not one per result)."""
+    idx, total, s, m = _chunked_stats(z, codebook, None, tau, lam, chunk_size, max_block_elems)
+    dist = (z.float() - codebook.float()[idx]).pow(2).sum(1)
+    return idx, dist, total, s, m
+
+
+class _NSLossFromStats(torch.autograd.Function):
+    """L = total / (N D) with the closed-form dL/de_k = (2 / (N D)) (s_k e_k - M_k); the
+    statistics come from a no-grad pass (z is stopped and w is detached)."""
+
     @staticmethod
-    def forward(ctx, z, codebook, winner, tau, lam, chunk_size, backend, kernel_cfg):
-        n, d = z.shape
-        if backend == "triton":
-            from ..kernels.ns_loss_triton import ns_loss_stats_triton
-
-            total, s, m = ns_loss_stats_triton(z, codebook, winner, tau, lam, config=kernel_cfg)
-        else:
-            total, s, m = ns_loss_stats(z, codebook, winner, tau, lam, chunk_size)
+    def forward(ctx, codebook, total, s, m, n, d):
         ctx.save_for_backward(codebook, s, m)
         ctx.scale = 2.0 / (n * d)
         return (total / (n * d)).to(codebook.dtype)
@@ -72,7 +90,7 @@ class _NSEmbeddingLoss(torch.autograd.Function):
     def backward(ctx, grad):
         codebook, s, m = ctx.saved_tensors
         grad_e = (s[:, None] * codebook.float() - m) * (ctx.scale * grad)
-        return None, grad_e.to(codebook.dtype), None, None, None, None, None, None
+        return grad_e.to(codebook.dtype), None, None, None, None, None
 
 
 def ns_embedding_loss(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor, tau: float,
@@ -85,10 +103,35 @@ def ns_embedding_loss(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Ten
     kernel's matmul precision (``search.KERNEL_PRECISIONS``; the torch path is fp32).
     """
     kernel_cfg = kernel_config(precision)   # rejects a bad name on every backend
-    if backend == "auto":
-        backend = _backend(z, "auto")
-    return _NSEmbeddingLoss.apply(z.detach(), codebook, winner, float(tau), float(lam), chunk_size, backend,
-                                  kernel_cfg)
+    with torch.no_grad():
+        if _backend(z, backend) == "triton":
+            from ..kernels.ns_loss_triton import ns_loss_stats_triton
+
+            total, s, m = ns_loss_stats_triton(z, codebook, winner, tau, lam, config=kernel_cfg)
+        else:
+            total, s, m = ns_loss_stats(z, codebook, winner, tau, lam, chunk_size)
+    return _NSLossFromStats.apply(codebook, total, s, m, *z.shape)
+
+
+def ns_search_and_loss(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, *,
+                       chunk_size: int = 8192, backend: str = "auto", precision: str = "fp32"
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(idx, dist, loss): ``nearest_code(z, codebook)`` and ``ns_embedding_loss`` for those
+    winners, with the search done inside the loss's own sweep over the N x K scores (torch:
+    the chunk's score block; Triton: pipeline/kernels/ns_fused_triton.py), so the scores are
+    computed once for both instead of twice. Arguments as in ``ns_embedding_loss``."""
+    kernel_cfg = kernel_config(precision)
+    if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"ns_search_and_loss: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} "
+                         "must be (N, D) and (K, D)")
+    with torch.no_grad():
+        if _backend(z, backend) == "triton":
+            from ..kernels.ns_fused_triton import ns_search_stats_triton
+
+            idx, dist, total, s, m = ns_search_stats_triton(z, codebook, tau, lam, config=kernel_cfg)
+        else:
+            idx, dist, total, s, m = ns_search_stats(z, codebook, tau, lam, chunk_size)
+    return idx, dist, _NSLossFromStats.apply(codebook, total, s, m, *z.shape)
 
 
 def ns_embedding_loss_dense(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float) -> torch.Tensor:

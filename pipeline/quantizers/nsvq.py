@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from .ns_loss import ns_embedding_loss
+from .ns_loss import ns_search_and_loss
 from .table_lookup import table_lookup
 from .vq import TableQuantizer
 
@@ -35,9 +35,9 @@ class NSVQ(TableQuantizer):
         self.tau = self.tau0 * self.tau_decay ** math.floor(epoch)
 
     def quantize_flat(self, z):
-        idx, dist = self.search(z)
-        emb = ns_embedding_loss(z, self.embedding, idx, self.tau, self.lam, chunk_size=self.search_chunk,
-                                precision=self.kernel_precision)
+        # the search runs inside the NS loss's sweep over the scores (one pass, not two)
+        idx, dist, emb = ns_search_and_loss(z, self.embedding, self.tau, self.lam, chunk_size=self.search_chunk,
+                                            precision=self.kernel_precision)
         # commitment + modified STE (no separate codebook term: the dense loss is that term)
         zq, commit = table_lookup(z, self.embedding, idx, dist, codebook_weight=0.0, beta=self.beta,
                                   ste_scale=2.0 * self.alpha / z.numel())

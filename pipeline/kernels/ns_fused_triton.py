@@ -1,0 +1,183 @@
+"""Nearest-code search fused into the dense NS loss's row pass (Triton).
+
+API: ``ns_search_stats_triton(z (N, D), codebook (K, D), tau, lam) -> (idx int64 (N,),
+dist fp32 (N,), total, s (K,), M (K, D))``: ``nearest_code_triton``'s (idx, dist) and
+``ns_loss_stats_triton``'s (total, s, M) for winner = idx, the contract of
+``pipeline.quantizers.ns_loss.ns_search_stats``.
+
+Why: NSVQ's quantizer needs the winners (a search over all N x K scores) and the NS loss,
+whose pass 1 sweeps the same N x K scores for the per-row log-sum-exp. Run separately that is
+two sweeps; here it is one. Per (row, column slot) the kernel keeps the running minimum score
+``best``, the tile it came from, and ``l = sum exp2(-(s - best) a)`` over the slot's codes so
+far (a = log2(e) / tau). A new score s updates them as an online softmax does, with one exp2:
+
+    e = exp2(-|s - best| a);   l = (s < best) ? l e + 1 : l + e;   best = min(best, s)
+
+The row's argmin is the search kernel's (strict < per slot, then the lowest code among the
+slots equal to the row minimum: lowest index on exact ties), from bit-identical scores on the
+FMA path, so ``idx`` equals ``nearest_code_triton``'s there. At the end the slots are combined,
+``lse2 = -b a + log2 sum_slots l exp2(-(best_slot - b) a)`` with b the row minimum, and pass 2
+of ns_loss_triton (per code: s, M, total) runs unchanged on the winners and C = log2(lam K) -
+lse2. That removes the search's 2NKD FLOP of the quantizer's 8NKD (search 2, NS pass 1 2,
+pass 2 4) at the price of one select and a few ops per score on top of pass 1.
+
+The dot path (D > 16) clamps distances at 0 (scores at -||z||^2) before the exponent, as pass 1
+does; the argmin is taken on the unclamped scores, as the search does. Slots start at FLT_MAX
+rather than +inf so that a padded code (score +inf) never updates one and never makes
+inf - inf. Launch config: default_ns_config's F_* keys (rows per program, warps) with the
+pack width R_BLOCK_K.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .ns_loss_triton import _dot_scores, empty_stats, ns_codes_pass, prepare_ns, vec_scores
+from .search_triton import (_exact_dist, _finish_argmin, _next_pow2, device_guard, dot_block_d, exact_dist_cols,
+                            load_code_tile, load_z_cols, tile_scores)
+
+FLT_MAX = 3.4028234663852886e38
+
+
+@triton.jit
+def _online_update(best, bt, l, sc, t, a, nzsq, CLAMP: tl.constexpr):
+    """Fold one tile of scores ``sc`` (BLOCK_N, BLOCK_K) into the per-slot state (see the module
+    docstring). CLAMP: the exponent uses max(score, -||z||^2) (distance >= 0)."""
+    if CLAMP:
+        diff = tl.maximum(sc, nzsq[:, None]) - tl.maximum(best, nzsq[:, None])
+    else:
+        diff = sc - best
+    e = tl.exp2(-tl.abs(diff) * a)
+    upd = sc < best
+    l = tl.where(upd, l * e + 1.0, l + e)
+    best = tl.where(upd, sc, best)
+    bt = tl.where(upd, t, bt)
+    return best, bt, l
+
+
+@triton.jit
+def _finish_rows(best, bt, l, a, log2_lamk, nzsq, offs_k, BLOCK_K: tl.constexpr, CLAMP: tl.constexpr):
+    """(argmin, C = log2(lam K) - log2-sum-exp2 of the row's exponents) from the slot states."""
+    m, idx = _finish_argmin(best, bt, offs_k, BLOCK_K)
+    if CLAMP:
+        brow = tl.maximum(m, nzsq)
+        bslot = tl.maximum(best, nzsq[:, None])
+    else:
+        brow = m
+        bslot = best
+    lsum = tl.sum(l * tl.exp2((brow[:, None] - bslot) * a), axis=1)
+    return idx, log2_lamk - (tl.log2(lsum) - brow * a)
+
+
+@triton.jit
+def _ns_fused_rows_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, crow_ptr, N, T, a, log2_lamk,
+                          D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """FMA path (D <= 16): one program per BLOCK_N rows over all code tiles, two register
+    buffers (T is even: pack_codebook pads with +inf codes, which never update a slot)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    (z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15) = load_z_cols(z_ptr,
+     rows64, rmask, D, BLOCK_N)
+    zsq = vec_scores(tl.zeros([BLOCK_N], tl.float32), z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10,
+                     z11, z12, z13, z14, z15,
+                     z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15, D)
+    offs_k = tl.arange(0, BLOCK_K)
+    TILE: tl.constexpr = (D + 1) * BLOCK_K
+    best = tl.full([BLOCK_N, BLOCK_K], FLT_MAX, tl.float32)
+    bt = tl.zeros([BLOCK_N, BLOCK_K], tl.int32)
+    l = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+     an) = load_code_tile(p_ptr + offs_k, D, BLOCK_K)
+    for t in range(0, T, 2):
+        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15,
+         bn) = load_code_tile(p_ptr + (t + 1) * TILE + offs_k, D, BLOCK_K)
+        sc = tile_scores(tl.broadcast_to(an[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5,
+                         z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+                         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, D)
+        best, bt, l = _online_update(best, bt, l, sc, t, a, zsq, False)
+        ta = tl.minimum(t + 2, T - 1)
+        (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+         an) = load_code_tile(p_ptr + ta * TILE + offs_k, D, BLOCK_K)
+        sc = tile_scores(tl.broadcast_to(bn[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5,
+                         z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+                         b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, D)
+        best, bt, l = _online_update(best, bt, l, sc, t + 1, a, zsq, False)
+    idx, crow = _finish_rows(best, bt, l, a, log2_lamk, -zsq, offs_k, BLOCK_K, False)
+    idx64 = idx.to(tl.int64)
+    dist = exact_dist_cols(z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+                           cb_ptr, idx64, rmask, D, BLOCK_N)
+    tl.store(idx_ptr + rows, idx64, mask=rmask)
+    tl.store(dist_ptr + rows, dist, mask=rmask)
+    tl.store(zsq_ptr + rows, zsq, mask=rmask)
+    tl.store(crow_ptr + rows, crow, mask=rmask)
+
+
+@triton.jit
+def _ns_fused_rows_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, crow_ptr, N, T, a,
+                              log2_lamk, D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                              BLOCK_DD: tl.constexpr):
+    """tl.dot path (D > 16): scores as in the search's dot kernel (the z tile stays in
+    registers when DP == BLOCK_D), the exponents clamped as in pass 1."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_K)
+    TILE: tl.constexpr = (DP + 1) * BLOCK_K
+    zsq = tl.zeros([BLOCK_N], tl.float32)
+    zt = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for d0 in range(0, DP, BLOCK_D):
+        dd = d0 + offs_d
+        zt = tl.load(z_ptr + rows64[:, None] * D + dd[None, :],
+                     mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
+        zsq += tl.sum(zt * zt, axis=1)
+    nzsq = -zsq
+    best = tl.full([BLOCK_N, BLOCK_K], FLT_MAX, tl.float32)
+    bt = tl.zeros([BLOCK_N, BLOCK_K], tl.int32)
+    l = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for t in range(0, T):
+        sc = _dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
+                         BLOCK_K, True, PRECISION)
+        best, bt, l = _online_update(best, bt, l, sc, t, a, nzsq, True)
+    idx, crow = _finish_rows(best, bt, l, a, log2_lamk, nzsq, offs_k, BLOCK_K, True)
+    idx64 = idx.to(tl.int64)
+    dist = _exact_dist(z_ptr, cb_ptr, rows64, rmask, idx64, D, BLOCK_N, BLOCK_DD)
+    tl.store(idx_ptr + rows, idx64, mask=rmask)
+    tl.store(dist_ptr + rows, dist, mask=rmask)
+    tl.store(zsq_ptr + rows, zsq, mask=rmask)
+    tl.store(crow_ptr + rows, crow, mask=rmask)
+
+
+@torch.no_grad()
+def ns_search_stats_triton(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, *,
+                           config: dict | None = None):
+    """(idx int64 (N,), dist fp32 (N,), total 0-dim, s (K,), M (K, D)); see the module
+    docstring. ``config`` overrides keys of ``default_ns_config``."""
+    with device_guard(z):
+        L = prepare_ns(z, codebook, tau, lam, config, "ns_search_stats_triton")
+        dev = L.z.device
+        idx = torch.empty(L.n, dtype=torch.long, device=dev)
+        dist = torch.empty(L.n, dtype=torch.float32, device=dev)
+        if L.n == 0:
+            return (idx, dist, *empty_stats(L))
+        zsq = torch.empty(L.n, dtype=torch.float32, device=dev)
+        crow = torch.empty(L.n, dtype=torch.float32, device=dev)
+        cfg = L.cfg
+        a = -L.neg_a                  # log2(e) / tau
+        grid = (triton.cdiv(L.n, cfg["F_BLOCK_N"]),)
+        if L.use_dot:
+            _ns_fused_rows_dot_kernel[grid](L.z, L.packed, L.e, idx, dist, zsq, crow, L.n, L.t, a, L.log2_lamk,
+                                            D=L.d, DP=L.dp, BLOCK_D=dot_block_d(L.d), BLOCK_N=cfg["F_BLOCK_N"],
+                                            BLOCK_K=L.pbk, PRECISION=cfg["precision"],
+                                            BLOCK_DD=min(64, _next_pow2(L.d)), num_warps=cfg["F_num_warps"])
+        else:
+            _ns_fused_rows_kernel[grid](L.z, L.packed, L.e, idx, dist, zsq, crow, L.n, L.t, a, L.log2_lamk,
+                                        D=L.d, BLOCK_N=cfg["F_BLOCK_N"], BLOCK_K=L.pbk,
+                                        num_warps=cfg["F_num_warps"])
+        return (idx, dist, *ns_codes_pass(L, idx, zsq, crow))
+
