@@ -12,25 +12,25 @@ import time
 
 import torch
 
-from common import table, write_json
+from common import DEVICE, SMOKE, sync, table, write_json
 from pipeline.kmeans import kmeans, kmeans_plus_plus, lloyd_step
 from pipeline.quantizers.search import nearest_code
 
 
 def _timed(fn) -> float:
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t0
 
 
 def latents(n: int, d: int, seed: int = 0) -> torch.Tensor:
     """A clustered cloud (4,096 Gaussian blobs), closer to encoder latents than pure noise."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    centres = torch.randn(4096, d, device="cuda", generator=g) * 3
-    which = torch.randint(0, 4096, (n,), device="cuda", generator=g)
-    return centres[which] + torch.randn(n, d, device="cuda", generator=g)
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    centres = torch.randn(4096, d, device=DEVICE, generator=g) * 3
+    which = torch.randint(0, 4096, (n,), device=DEVICE, generator=g)
+    return centres[which] + torch.randn(n, d, device=DEVICE, generator=g)
 
 
 def main() -> None:
@@ -40,16 +40,18 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=8)
     ap.add_argument("--iters", type=int, default=20)
     a = ap.parse_args()
+    if SMOKE:   # CPU smoke run (common.py)
+        a.k, a.n, a.iters = 64, 3_000, 3
     x = latents(a.n, a.d)
-    kmeans_plus_plus(x[:20_000], 256, torch.Generator().manual_seed(1))   # warm-up: kernels compiled
-    torch.cuda.synchronize()
+    kmeans_plus_plus(x[:20_000], min(256, a.k), torch.Generator().manual_seed(1))   # warm-up: kernels compiled
+    sync()
     t0 = time.perf_counter()
     kmeans_plus_plus(x, a.k, torch.Generator().manual_seed(0))
-    torch.cuda.synchronize()
+    sync()
     seed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = kmeans(x, a.k, iters=a.iters, seed=0)
-    torch.cuda.synchronize()
+    sync()
     total_s = time.perf_counter() - t0
     # Breakdown of one Lloyd iteration: the search alone, then the whole step.
     search_s = _timed(lambda: nearest_code(x, res.centers))

@@ -16,17 +16,20 @@ import os
 
 import torch
 
-from common import peak_extra_mb, table, time_cuda, write_json
+from common import DEVICE, SMOKE, peak_extra_mb, table, time_ms, write_json
 
 N = 16_384                     # batch 64 of 16 x 16 latents
 KS = [1_024, 16_384, 65_536, 262_144]
 DS = [8, 64]
+K_NS = 65_536                  # the NS-loss and fused-search tables
+if SMOKE:                      # CPU smoke run (common.py): toy sizes, same code paths
+    N, KS, DS, K_NS = 48, [40, 100], [8, 24], 100
 
 
 def our_vq(k: int, d: int, backend: str, precision: str = "fp32"):
     from pipeline.quantizers.vq import VQ
 
-    q = VQ(k, d, kernel_precision=precision).cuda()
+    q = VQ(k, d, kernel_precision=precision).to(DEVICE)
     with torch.no_grad():
         q.embedding.normal_()
     os.environ["NSVQ_SEARCH_BACKEND"] = backend
@@ -38,17 +41,22 @@ def our_vq(k: int, d: int, backend: str, precision: str = "fp32"):
 
 
 def vqpytorch(kind: str, k: int, d: int):
-    import vector_quantize_pytorch as vqp
+    import vector_quantize_pytorch as vqp     # ImportError: measure() notes "not installed"
 
     if kind == "VectorQuantize":
-        q = vqp.VectorQuantize(dim=d, codebook_size=k, decay=0.99, commitment_weight=1.0).cuda().train()
+        q = vqp.VectorQuantize(dim=d, codebook_size=k, decay=0.99, commitment_weight=1.0).to(DEVICE).train()
     else:
-        q = vqp.SimVQ(dim=d, codebook_size=k).cuda().train()
+        q = vqp.SimVQ(dim=d, codebook_size=k).to(DEVICE).train()
 
     def run(z):
         quantized, _, loss = q(z[None])
         (quantized.sum() + loss.sum()).backward()
     return run
+
+
+def empty_cache() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
 
 def graphed(step):
@@ -69,20 +77,24 @@ def graphed(step):
 def measure(make, k, d, label, rows, reps, graph=False):
     torch.manual_seed(0)
     try:
+        if graph and DEVICE != "cuda":
+            raise RuntimeError("CUDA graphs need CUDA")
         fn = make()
-        z = torch.randn(N, d, device="cuda", requires_grad=True)
+        z = torch.randn(N, d, device=DEVICE, requires_grad=True)
         step = lambda: fn(z)          # noqa: E731
         if graph:
             step = graphed(step)
         mb = peak_extra_mb(step)
-        ms = time_cuda(step, reps=reps)
+        ms = time_ms(step, reps=reps)
         rows.append({"impl": label, "K": k, "D": d, "ms": ms, "peak_extra_mb": mb})
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, ImportError, RuntimeError) as exc:
+        note = ("out of memory" if isinstance(exc, torch.OutOfMemoryError) else
+                f"not installed ({exc.name})" if isinstance(exc, ImportError) else str(exc)[:80])
         rows.append({"impl": label, "K": k, "D": d, "ms": float("nan"), "peak_extra_mb": float("nan"),
-                     "note": "out of memory"})
+                     "note": note})
     finally:
         os.environ.pop("NSVQ_SEARCH_BACKEND", None)
-        torch.cuda.empty_cache()
+        empty_cache()
     print(rows[-1], flush=True)
 
 
@@ -102,8 +114,8 @@ def ns_rows(k: int, d: int, rows: list, reps: int):
     from pipeline.quantizers.search import nearest_code
 
     torch.manual_seed(1)
-    z = torch.randn(N, d, device="cuda")
-    e = torch.randn(k, d, device="cuda", requires_grad=True)
+    z = torch.randn(N, d, device=DEVICE)
+    e = torch.randn(k, d, device=DEVICE, requires_grad=True)
     win, _ = nearest_code(z, e.detach())
     impls = {
         "official-style dense": lambda: ns_loss_official_style(z, e, 1.0, 0.01).backward(),
@@ -125,12 +137,45 @@ def ns_rows(k: int, d: int, rows: list, reps: int):
             fn()
             rel = ((e.grad - ref).norm() / ref.norm()).item()
             mb = peak_extra_mb(fn)
-            ms = time_cuda(fn, reps=reps)
+            ms = time_ms(fn, reps=reps)
             rows.append({"impl": label, "K": k, "D": d, "ms": ms, "peak_extra_mb": mb, "grad_rel_err": rel})
         except torch.OutOfMemoryError:
             rows.append({"impl": label, "K": k, "D": d, "ms": float("nan"), "note": "out of memory"})
-        torch.cuda.empty_cache()
+        empty_cache()
         print(rows[-1], flush=True)
+
+
+def nsvq_search_rows(k: int, d: int, rows: list, reps: int):
+    """NSVQ's search + NS loss (fwd+bwd): the two kernels one after the other (two sweeps over
+    the N x K scores) against the search fused into the loss's row pass (one sweep)."""
+    from pipeline.quantizers.ns_loss import ns_embedding_loss, ns_search_and_loss
+    from pipeline.quantizers.search import nearest_code
+
+    torch.manual_seed(3)
+    z = torch.randn(N, d, device=DEVICE)
+    e = torch.randn(k, d, device=DEVICE, requires_grad=True)
+    precisions = ["fp32", "tf32x3"] if d > 16 else ["fp32"]
+    for prec in precisions:
+        def separate():
+            idx, _ = nearest_code(z, e.detach(), backend="triton", precision=prec)
+            ns_embedding_loss(z, e, idx, 1.0, 0.01, backend="triton", precision=prec).backward()
+
+        def fused():
+            ns_search_and_loss(z, e, 1.0, 0.01, backend="triton", precision=prec)[2].backward()
+        i_sep, _ = nearest_code(z, e.detach(), backend="triton", precision=prec)
+        i_fus = ns_search_and_loss(z, e, 1.0, 0.01, backend="triton", precision=prec)[0]
+        same = (i_sep == i_fus).float().mean().item()
+        for label, fn in (("search + NS loss, separate", separate), ("search fused into NS pass 1", fused)):
+            try:
+                mb = peak_extra_mb(fn)
+                ms = time_ms(fn, reps=reps)
+                rows.append({"impl": label, "K": k, "D": d, "precision": prec, "ms": ms, "peak_extra_mb": mb,
+                             "same_idx_frac": same})
+            except torch.OutOfMemoryError:
+                rows.append({"impl": label, "K": k, "D": d, "precision": prec, "ms": float("nan"),
+                             "note": "out of memory"})
+            empty_cache()
+            print(rows[-1], flush=True)
 
 
 def tf32x3_agreement(k: int, d: int) -> dict:
@@ -140,8 +185,8 @@ def tf32x3_agreement(k: int, d: int) -> dict:
     from pipeline.quantizers.search import nearest_code
 
     torch.manual_seed(2)
-    z = torch.randn(N, d, device="cuda")
-    cb = torch.randn(k, d, device="cuda")
+    z = torch.randn(N, d, device=DEVICE)
+    cb = torch.randn(k, d, device=DEVICE)
     i32, d32 = nearest_code(z, cb, backend="triton")
     i3, d3 = nearest_code(z, cb, backend="triton", precision="tf32x3")
     excess = (d3 - d32).clamp_min(0)
@@ -159,7 +204,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True      # the anchors were taken "fp32/tf32"
     torch.backends.cudnn.allow_tf32 = True
-    ks, ds = ([65_536], [8]) if args.quick else (KS, DS)
+    ks, ds = ([K_NS], DS[:1]) if args.quick else (KS, DS)
     rows: list[dict] = []
     for d in ds:
         for k in ks:
@@ -174,18 +219,24 @@ def main() -> None:
                 measure(lambda: our_vq(k, d, "triton", "tf32x3"), k, d, "ours fused triton tf32x3", rows, reps)
                 measure(lambda: our_vq(k, d, "triton", "tf32x3"), k, d, "ours fused triton tf32x3, CUDA graph",
                         rows, reps, graph=True)
-    agree = [tf32x3_agreement(k, 64) for k in ks] if 64 in ds else []
+    agree = [tf32x3_agreement(k, ds[-1]) for k in ks] if ds[-1] > 16 else []
     ns: list[dict] = []
     for d in ds:
-        ns_rows(65_536, d, ns, reps=10)
-    print("\nquantizer step (fwd+bwd), N = 16,384")
+        ns_rows(K_NS, d, ns, reps=10)
+    fused: list[dict] = []
+    for d in ds:
+        nsvq_search_rows(K_NS, d, fused, reps=10)
+    print(f"\nquantizer step (fwd+bwd), N = {N:,}")
     print(table(rows, ["impl", "K", "D", "ms", "peak_extra_mb", "note"]))
-    print("\ndense NS embedding loss (fwd+bwd), N = 16,384, K = 65,536")
+    print(f"\ndense NS embedding loss (fwd+bwd), N = {N:,}, K = {K_NS:,}")
     print(table(ns, ["impl", "K", "D", "ms", "peak_extra_mb", "grad_rel_err", "note"]))
+    print(f"\nNSVQ search + NS loss (fwd+bwd), N = {N:,}, K = {K_NS:,}: separate kernels vs fused")
+    print(table(fused, ["impl", "K", "D", "precision", "ms", "peak_extra_mb", "same_idx_frac", "note"]))
     if agree:
-        print("\ntf32x3 search against the fp32 kernel, N = 16,384, D = 64")
+        print(f"\ntf32x3 search against the fp32 kernel, N = {N:,}, D = {ds[-1]}")
         print(table(agree, ["K", "D", "mismatch_frac", "max_rel_excess", "max_ulp_scale_excess"]))
-    write_json("quantizer.json", {"quantizer_step": rows, "ns_loss": ns, "tf32x3_search": agree, "N": N})
+    write_json("quantizer.json", {"quantizer_step": rows, "ns_loss": ns, "nsvq_search_fused": fused,
+                                  "tf32x3_search": agree, "N": N, "headline": {"K": K_NS, "D": ds[0]}})
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ through pipeline/vq_training.py's step, the one the train_vq stage runs.
 
 Throughput is measured over steps [warmup, steps) of the same run whose loss curve is
 compared (same init, same batches). MFU counts the model's FLOPs (convolutions and matmuls
-from torch's FLOP counter on one eager step, plus the quantizer's analytic FLOPs: search
-2NKD, dense NS loss 6NKD) against the H100 SXM's dense bf16 peak.
+from torch's FLOP counter on one eager step, plus the quantizer's analytic FLOPs: VQ's search
+2NKD; NSVQ's search fused into the dense NS loss, 6NKD) against the H100 SXM's dense bf16 peak.
 
     python bench/bench_train.py [--methods nsvq vq] [--k 65536] [--steps 500] [--no-tf32x3]
 
@@ -25,7 +25,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import table, write_json
+from common import DEVICE, SMOKE, sync, table, write_json
 from pipeline.config import DataParams, PretrainParams, QuantizerParams, TrainVQParams
 from pipeline.configbase import build
 from pipeline.data import load_split, prepare_dataset
@@ -38,9 +38,16 @@ from pipeline.vq_training import prepare_vq_training
 CELEBA = dict(hidden_channels=256, res_channels=256, num_res_blocks=6, downsample=4, code_dim=64)
 PEAK_BF16_DENSE = 989.4e12      # H100 SXM datasheet, dense
 BATCH = 64
+IMAGE = 128
+PRETRAIN_STEPS = 300
+DEMO_CROPS = 1024
+if SMOKE:   # CPU smoke run (common.py): a toy model at 32 px, same code paths
+    CELEBA = dict(hidden_channels=16, res_channels=16, num_res_blocks=1, downsample=4, code_dim=24)
+    IMAGE, PRETRAIN_STEPS, DEMO_CROPS = 32, 3, 128
+PER_IMAGE = (IMAGE // CELEBA["downsample"]) ** 2      # latents per image
 
 
-def demo_images(size: int = 128, n: int = 1024):
+def demo_images(size: int = IMAGE, n: int = DEMO_CROPS):
     with tempfile.TemporaryDirectory() as d:
         prepare_dataset(build(DataParams, {"image_size": size, "demo_train_crops": n, "demo_val_crops": 8}), d)
         return load_split(d, "train").copy()
@@ -52,8 +59,8 @@ def pretrained_autoencoder(images) -> dict:
     and no two runs, even two eager ones, follow the same curve)."""
     torch.manual_seed(0)
     model = VQAutoencoder(**CELEBA)
-    pp = build(PretrainParams, {"steps": 300, "batch_size": BATCH, "lr": 5e-4, "precision": "bf16"})
-    trainer = Trainer("pretrain", total_steps=pp.steps, checkpoint_path=None, precision="bf16", device="cuda",
+    pp = build(PretrainParams, {"steps": PRETRAIN_STEPS, "batch_size": BATCH, "lr": 5e-4, "precision": "bf16"})
+    trainer = Trainer("pretrain", total_steps=pp.steps, checkpoint_path=None, precision="bf16", device=DEVICE,
                       progress=False)
     pretrain_autoencoder(model, images, pp, trainer)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -63,17 +70,16 @@ def make_step(images, method: str, k: int, optimized: bool, seed: int = 0, weigh
               kernel_precision: str = "fp32"):
     torch.manual_seed(0)
     qp = build(QuantizerParams, {"method": method, "codebook_size": k, "kernel_precision": kernel_precision})
-    model = VQAutoencoder(**CELEBA, quantizer=build_quantizer(qp, CELEBA["code_dim"])).cuda()
+    model = VQAutoencoder(**CELEBA, quantizer=build_quantizer(qp, CELEBA["code_dim"])).to(DEVICE)
     if weights is not None:
         model.load_state_dict(weights, strict=False)          # the quantizer is new
     # Codes start on the encoder's latents (as the pipeline's k-means init does).
-    per_image = (128 // CELEBA["downsample"]) ** 2
-    latents = encode_images(model, images[: -(-k // per_image)], "cuda")
-    model.quantizer.init_codebook(latents[torch.randperm(latents.shape[0], device="cuda")[:k]])
+    latents = encode_images(model, images[: -(-k // PER_IMAGE)], DEVICE)
+    model.quantizer.init_codebook(latents[torch.randperm(latents.shape[0], device=DEVICE)[:k]])
     precision = "bf16" if optimized else "fp32"
     tp = build(TrainVQParams, {"track_steps": 10**6, "freeze_steps": 0, "batch_size": BATCH, "lr": 2e-4,
                                "precision": precision, "compile": optimized, "seed": seed})
-    trainer = Trainer("bench", total_steps=10**6, checkpoint_path=None, precision=precision, device="cuda",
+    trainer = Trainer("bench", total_steps=10**6, checkpoint_path=None, precision=precision, device=DEVICE,
                       progress=False)
     step_fn, _ = prepare_vq_training(model, images, tp, CodeReplacement.from_params(qp.replacement), trainer)
     return step_fn, model
@@ -85,8 +91,9 @@ def model_flops(images, method: str, k: int) -> float:
     step_fn(0)
     with FlopCounterMode(display=False) as counter:
         step_fn(1)
-    n = BATCH * (128 // CELEBA["downsample"]) ** 2
-    quant = 2 * n * k * CELEBA["code_dim"] * (4 if method == "nsvq" else 1)
+    n = BATCH * PER_IMAGE
+    # NSVQ: the search rides in the NS loss's first sweep (2NKD), the second sweep is 4NKD
+    quant = 2 * n * k * CELEBA["code_dim"] * (3 if method == "nsvq" else 1)
     return counter.get_total_flops() + quant
 
 
@@ -97,12 +104,12 @@ def run(images, method: str, k: int, optimized: bool, steps: int, warmup: int, s
     t_compile = time.perf_counter()
     for s in range(warmup):
         losses.append(step_fn(s)["loss"])
-    torch.cuda.synchronize()
+    sync()
     warm_s = time.perf_counter() - t_compile
     t0 = time.perf_counter()
     for s in range(warmup, steps):
         losses.append(step_fn(s)["loss"])
-    torch.cuda.synchronize()
+    sync()
     dt = time.perf_counter() - t0
     curve = torch.stack(losses).float().cpu()
     return {"img_per_s": (steps - warmup) * BATCH / dt, "ms_per_step": 1000 * dt / (steps - warmup),
@@ -118,6 +125,8 @@ def main() -> None:
     ap.add_argument("--no-tf32x3", action="store_true",
                     help="skip the optimized step with the quantizer kernels in tf32x3")
     a = ap.parse_args()
+    if SMOKE:
+        a.k, a.steps, a.warmup = 128, 100, 50
     images = demo_images()
     weights = pretrained_autoencoder(images)
     rows, curves = [], {}
@@ -159,7 +168,7 @@ def main() -> None:
         print(f"{m} loss curves (50-step means after the first 50 steps): eager vs optimized max rel diff "
               f"{c['optimized_max_rel_diff']:.3f}{tf}; eager seed 0 vs seed 1 (noise) "
               f"{c['max_noise_rel_diff']:.3f}")
-    write_json("train.json", {"train": rows, "loss_curves": curves, "batch": BATCH, "image_size": 128,
+    write_json("train.json", {"train": rows, "loss_curves": curves, "batch": BATCH, "image_size": IMAGE,
                               "model": CELEBA, "steps": a.steps, "warmup": a.warmup})
 
 

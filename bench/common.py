@@ -3,6 +3,11 @@
 Times are medians of CUDA-event-timed repetitions after warm-up (device work is async);
 peak memory is what a call allocates above what was already allocated before it (the
 inputs' own memory), from torch.cuda.max_memory_allocated.
+
+NSVQ_BENCH_SMOKE=1 runs the scripts on the CPU at toy sizes (Triton kernels under
+TRITON_INTERPRET=1, wall-clock times, no memory figures): the numbers mean nothing, but every
+code path a GPU session will take runs, so tests/test_bench_smoke.py catches a broken script
+before it costs device time.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,14 +27,28 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "bench"
 sys.path.insert(0, str(REPO))
+SMOKE = os.environ.get("NSVQ_BENCH_SMOKE") == "1"
+DEVICE = "cpu" if SMOKE else "cuda"
+
+
+def sync() -> None:
+    """Wait for the device's queued work (timings of async GPU work need it)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-def time_cuda(fn: Callable[[], object], warmup: int = 5, reps: int = 30, min_ms: float = 200.0) -> float:
-    """Median milliseconds of ``fn()`` over ``reps`` event-timed runs (more if they are short)."""
+def time_ms(fn: Callable[[], object], warmup: int = 5, reps: int = 30, min_ms: float = 200.0) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` event-timed runs (more if they are short);
+    smoke runs: the wall time of one call after one warm-up."""
+    if DEVICE != "cuda":
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return 1000 * (time.perf_counter() - t0)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -50,7 +70,11 @@ def time_cuda(fn: Callable[[], object], warmup: int = 5, reps: int = 30, min_ms:
 
 
 def peak_extra_mb(fn: Callable[[], object]) -> float:
-    """MB allocated at peak by one ``fn()`` call beyond what was allocated before it."""
+    """MB allocated at peak by one ``fn()`` call beyond what was allocated before it (NaN off
+    the GPU)."""
+    if DEVICE != "cuda":
+        fn()
+        return float("nan")
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()

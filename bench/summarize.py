@@ -20,10 +20,14 @@ def main() -> None:
     q = json.loads((src / "quantizer.json").read_text())
     km = json.loads((src / "kmeans.json").read_text())
     tr = json.loads((src / "train.json").read_text())
-    ours = pick(q["quantizer_step"], impl="ours fused triton", K=65_536, D=8)
-    graphed = pick(q["quantizer_step"], impl="ours fused triton, CUDA graph", K=65_536, D=8)
-    vqp = pick(q["quantizer_step"], impl="vqpytorch VectorQuantize (EMA)", K=65_536, D=8)
-    ns = pick(q["ns_loss"], impl="ours fused triton", K=65_536, D=8)
+    at = q.get("headline", {"K": 65_536, "D": 8})      # K = 65,536, D = 8 (smoke runs: toy sizes)
+    ours = pick(q["quantizer_step"], impl="ours fused triton", **at)
+    graphed = pick(q["quantizer_step"], impl="ours fused triton, CUDA graph", **at)
+    vqp = pick(q["quantizer_step"], impl="vqpytorch VectorQuantize (EMA)", **at)
+    ns = pick(q["ns_loss"], impl="ours fused triton", **at)
+    # NSVQ's search + NS loss: separate kernels vs the search fused into the loss (newer runs)
+    nsvq = {r["impl"]: r["ms"] for r in q.get("nsvq_search_fused", [])
+            if r["K"] == at["K"] and r["D"] == at["D"] and r["precision"] == "fp32"}
     # the fastest optimized nsvq step (fp32 or tf32x3 quantizer kernels), with its loss-curve check
     fast = max((r for r in tr["train"] if r["method"] == "nsvq" and r["step"] != "eager fp32"),
                key=lambda r: r["img_per_s"])
@@ -35,6 +39,8 @@ def main() -> None:
         "quantizer_graph_ms_k65536_d8": graphed["ms"],
         "vqpytorch_ms_k65536_d8": vqp["ms"],
         "ns_loss_ms_k65536_d8": ns["ms"],
+        "nsvq_search_ns_separate_ms_k65536_d8": nsvq.get("search + NS loss, separate"),
+        "nsvq_search_ns_fused_ms_k65536_d8": nsvq.get("search fused into NS pass 1"),
         "kmeans_s_k65536_1m": km["kmeans"]["total_s"],
         "train_img_per_s_k65536": fast["img_per_s"],
         "train_speedup_vs_eager_fp32": fast["speedup"],

@@ -1,0 +1,60 @@
+"""The GPU benchmark scripts, run end to end on the CPU at toy sizes (NSVQ_BENCH_SMOKE=1).
+
+GPU time is lent in short sessions; a script that breaks there wastes one. This runs every
+part of ``bench/run_all.sh`` exactly as a GPU session would (same script, same order), with the
+Triton kernels under TRITON_INTERPRET=1, and checks the JSON each part writes and the summary
+keys issue 5 asks for. The numbers are meaningless and are not checked.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")]
+
+SUMMARY_KEYS = {"quantizer_ms_k65536_d8", "quantizer_extra_mb_k65536_d8", "vqpytorch_ms_k65536_d8",
+                "ns_loss_ms_k65536_d8", "kmeans_s_k65536_1m", "train_img_per_s_k65536",
+                "train_speedup_vs_eager_fp32", "train_mfu", "device", "date"}
+
+
+def test_run_all_parts_in_smoke_mode(tmp_path):
+    env = {**os.environ, "NSVQ_BENCH_SMOKE": "1", "TRITON_INTERPRET": "1", "OUT": str(tmp_path),
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    for var in ("NSVQ_SEARCH_BACKEND", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG"):
+        env.pop(var, None)
+    for part in ("kmeans", "quantizer", "train", "profile", "summary"):
+        proc = subprocess.run(["bash", str(ROOT / "bench" / "run_all.sh"), part], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{part}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-4000:]}"
+
+    q = json.loads((tmp_path / "quantizer.json").read_text())
+    ours = [r for r in q["quantizer_step"] if r["impl"].startswith("ours") and "CUDA graph" not in r["impl"]]
+    assert ours and all(math.isfinite(r["ms"]) for r in ours), ours
+    assert {r["note"] for r in q["quantizer_step"] if "CUDA graph" in r["impl"]} == {"CUDA graphs need CUDA"}
+    assert all(r["grad_rel_err"] <= 1e-4 for r in q["ns_loss"]), q["ns_loss"]
+    fused = q["nsvq_search_fused"]
+    assert {r["impl"] for r in fused} == {"search + NS loss, separate", "search fused into NS pass 1"}
+    assert all(r["same_idx_frac"] == 1.0 for r in fused)
+    assert {r["precision"] for r in fused} == {"fp32", "tf32x3"}
+    assert q["tf32x3_search"] and all(r["mismatch_frac"] == 0.0 for r in q["tf32x3_search"])
+
+    tr = json.loads((tmp_path / "train.json").read_text())
+    steps = {(r["method"], r["step"]) for r in tr["train"]}
+    assert ("nsvq", "optimized, tf32x3 quantizer") in steps and ("vq", "eager fp32") in steps
+    for prec in ("fp32", "tf32x3"):
+        prof = json.loads((tmp_path / f"profile_train_nsvq_{prec}.json").read_text())
+        assert prof["groups"][-1]["group"] == "step wall time" and prof["img_per_s"] > 0
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
+    assert summary["device"] == "cpu" and summary["nsvq_search_ns_fused_ms_k65536_d8"] is not None
