@@ -23,7 +23,6 @@ import argparse
 import time
 from collections import defaultdict
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_train import BATCH, demo_images, make_step
