@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 # Imported only on CUDA machines (the fused kernels), so a CPU run cannot record them.
 GPU_ONLY = {"pipeline/kernels/__init__.py", "pipeline/kernels/search_triton.py",
-            "pipeline/kernels/ns_loss_triton.py"}
+            "pipeline/kernels/ns_loss_triton.py", "pipeline/kernels/ns_fused_triton.py"}
 STAGES = ["prepare", "pretrain", "kmeans_init", "train_vq", "refine_gan", "train_prior", "evaluate"]
 
 TINY = {

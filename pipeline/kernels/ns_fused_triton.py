@@ -181,3 +181,71 @@ def ns_search_stats_triton(z: torch.Tensor, codebook: torch.Tensor, tau: float, 
                                         num_warps=cfg["F_num_warps"])
         return (idx, dist, *ns_codes_pass(L, idx, zsq, crow))
 
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU check / benchmark / sweep: python -m pipeline.kernels.ns_fused_triton [--sweep] [--d 8] ...
+# ----------------------------------------------------------------------------------------------
+def sweep_configs(d: int) -> list[dict]:
+    """Fused-pass variants worth timing on the GPU (F_* keys; the pack width is R_BLOCK_K)."""
+    if d <= 16:
+        return [dict(F_BLOCK_N=bn, F_num_warps=nw, R_BLOCK_K=32)
+                for bn, nw in ((64, 4), (128, 8), (32, 4), (64, 8), (128, 4)) if (bn // nw) * d <= 128]
+    cfgs = [dict(F_BLOCK_N=bn, F_num_warps=nw, R_BLOCK_K=bk)
+            for bn, bk, nw in ((64, 64, 8), (64, 64, 4), (32, 64, 4), (128, 64, 8), (64, 32, 4))]
+    return cfgs + [dict(c, precision="tf32x3") for c in cfgs]
+
+
+def _cli(argv=None) -> int:
+    """Check the fused pass against the torch reference at full size, then time it against the
+    search kernel + ns_loss_stats_triton (the two sweeps it replaces)."""
+    import argparse
+    import json
+
+    from triton.testing import do_bench
+
+    from pipeline.quantizers.ns_loss import ns_search_stats
+
+    from .ns_loss_triton import ns_loss_stats_triton
+    from .search_triton import nearest_code_triton
+
+    ap = argparse.ArgumentParser(description="check / time ns_search_stats_triton on the GPU")
+    ap.add_argument("--n", type=int, default=16384)
+    ap.add_argument("--k", type=int, default=65536)
+    ap.add_argument("--d", type=int, default=8)
+    ap.add_argument("--tau", type=float, default=0.5)
+    ap.add_argument("--lam", type=float, default=0.01)
+    ap.add_argument("--sweep", action="store_true", help="time sweep_configs(d) too")
+    ap.add_argument("--rep", type=int, default=200, help="do_bench rep (ms)")
+    args = ap.parse_args(argv)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = torch.randn(args.n, args.d, device="cuda", generator=g)
+    cb = torch.randn(args.k, args.d, device="cuda", generator=g)
+    print(json.dumps(dict(device=torch.cuda.get_device_name(), n=args.n, k=args.k, d=args.d, tau=args.tau,
+                          lam=args.lam, triton=triton.__version__, torch=torch.__version__)))
+    ref = ns_search_stats(z, cb, args.tau, args.lam)
+
+    def rel(x, y):
+        return ((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item()
+
+    for cfg in [dict()] + (sweep_configs(args.d) if args.sweep else []):
+        try:
+            out = ns_search_stats_triton(z, cb, args.tau, args.lam, config=cfg)
+            ms = do_bench(lambda: ns_search_stats_triton(z, cb, args.tau, args.lam, config=cfg), rep=args.rep)
+            print(json.dumps(dict(config=cfg or "default", ms=round(ms, 4),
+                                  idx_equal_torch=(out[0] == ref[0]).float().mean().item(),
+                                  rel_err_total=rel(out[2], ref[2]), rel_err_s=rel(out[3], ref[3]),
+                                  rel_err_M=rel(out[4], ref[4]))), flush=True)
+        except Exception as exc:
+            print(json.dumps(dict(config=cfg or "default", error=repr(exc)[:300])), flush=True)
+    for prec in ("ieee", "tf32x3") if args.d > 16 else ("ieee",):
+        def separate():
+            idx, _ = nearest_code_triton(z, cb, config={"precision": prec})
+            return ns_loss_stats_triton(z, cb, idx, args.tau, args.lam, config={"precision": prec})
+        print(json.dumps(dict(impl=f"search kernel + ns_loss_stats_triton ({prec})",
+                              ms=round(do_bench(separate, rep=args.rep), 4))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())
