@@ -54,9 +54,13 @@ def fingerprint(*parts: Any) -> str:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename over ``path``."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to a temp file in the same folder, then rename over ``path``.
+
+    Saved through a file object: given a path, torch.save names the zip's root folder after the
+    file (here the random temp name), so the same object gave different bytes on every run and
+    DVC saw a changed output, rerunning every stage downstream of an unchanged model."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, Any]:

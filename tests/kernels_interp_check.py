@@ -283,6 +283,7 @@ def group_fused(gen: torch.Generator) -> None:
         (19, 300, 64, 0.3, 0.05, 1.0, None),                    # dot path
         (21, 70, 100, 0.5, 0.02, 1.0, {"C_SPLIT": 2}),          # dot path, D in two chunks
         (19, 300, 64, 0.3, 0.05, 1.0, {"precision": "tf32x3"}), # tensor-core variant (plumbing)
+        (19, 300, 64, 0.3, 0.05, 1.0, {"F_BLOCK_D": 16}),       # D in four chunks
         (33, 257, 8, 0.01, 0.01, 3.0, None),                    # exponents spanning > 2^10: the
         (33, 257, 40, 0.01, 0.01, 3.0, None),                   # online rescaling must stay exact
     ]
@@ -318,7 +319,7 @@ def group_fused(gen: torch.Generator) -> None:
           "ns_search_and_loss: triton == torch (indices, loss, codebook gradient)")
     idx, dist, tot, s, m = ns_search_stats_triton(torch.zeros(0, 3), torch.randn(4, 3, generator=gen), 1.0, 0.1)
     check(idx.shape == (0,) and float(tot) == 0.0 and m.shape == (4, 3), "fused N=0")
-    for bad, key in (({"precision": "tf32"}, "precision"),):
+    for bad, key in (({"precision": "tf32"}, "precision"), ({"F_BLOCK_D": 48}, "F_BLOCK_D")):
         try:
             ns_search_stats_triton(torch.randn(3, 20), torch.randn(4, 20), 1.0, 0.1, config=bad)
             check(False, f"fused: bad {key} must be refused")

@@ -36,3 +36,18 @@ def test_atomic_path_gives_normal_permissions_and_cleans_up(tmp_path):
         with atomic_path(target) as tmp:
             raise ValueError("boom")
     assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_atomic_save_writes_the_same_bytes_for_the_same_object(tmp_path):
+    """A model file's bytes depend on its content only (DVC hashes them: a rerun that writes the
+    same weights must not make the stages downstream stale)."""
+    import torch
+
+    from pipeline.training import atomic_save
+
+    obj = {"codes": torch.arange(12.0).reshape(3, 4), "inertia": 1.5}
+    first, second = tmp_path / "a.pt", tmp_path / "sub" / "b.pt"
+    atomic_save(obj, first)
+    atomic_save(obj, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert torch.equal(torch.load(first)["codes"], obj["codes"])

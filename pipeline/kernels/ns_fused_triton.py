@@ -24,8 +24,8 @@ pass 2 4) at the price of one select and a few ops per score on top of pass 1.
 The dot path (D > 16) clamps distances at 0 (scores at -||z||^2) before the exponent, as pass 1
 does; the argmin is taken on the unclamped scores, as the search does. Slots start at FLT_MAX
 rather than +inf so that a padded code (score +inf) never updates one and never makes
-inf - inf. Launch config: default_ns_config's F_* keys (rows per program, warps) with the
-pack width R_BLOCK_K.
+inf - inf. Launch config: default_ns_config's F_* keys (rows per program, warps, the dot
+path's D chunk) with the pack width R_BLOCK_K.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from .ns_loss_triton import _dot_scores, empty_stats, ns_codes_pass, prepare_ns,
 from .search_triton import (_exact_dist, _finish_argmin, _next_pow2, device_guard, dot_block_d, exact_dist_cols,
                             load_code_tile, load_z_cols, tile_scores)
 
-FLT_MAX = 3.4028234663852886e38
+FLT_MAX = tl.constexpr(3.4028234663852886e38)   # a jit global must be a constexpr (compiled, not interpreted)
 
 
 @triton.jit
@@ -153,6 +153,17 @@ def _ns_fused_rows_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, 
     tl.store(crow_ptr + rows, crow, mask=rmask)
 
 
+def fused_block_d(cfg: dict, d: int) -> int:
+    """D chunk of the dot path (F_BLOCK_D, 0 = auto). Auto: the whole padded D (<= 64) in one
+    tl.dot for tf32x3; 32-wide chunks for "ieee", whose FMA-dot with a 64-wide z tile held in
+    registers next to the three slot states spills (sm_90 SASS, 64 x 64 x 8 warps: 3.7 KB of
+    stack per thread, against 16 bytes with 32-wide chunks, see bench/NOTES_kernels.md)."""
+    bd = int(cfg.get("F_BLOCK_D", 0)) or (dot_block_d(d) if cfg["precision"] == "tf32x3" else min(32, dot_block_d(d)))
+    if bd not in (16, 32, 64) or bd > dot_block_d(d):
+        raise ValueError(f"ns_search_stats_triton: F_BLOCK_D must be 16, 32 or 64 and at most {dot_block_d(d)}, got {bd}")
+    return bd
+
+
 @torch.no_grad()
 def ns_search_stats_triton(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, *,
                            config: dict | None = None):
@@ -172,7 +183,7 @@ def ns_search_stats_triton(z: torch.Tensor, codebook: torch.Tensor, tau: float, 
         grid = (triton.cdiv(L.n, cfg["F_BLOCK_N"]),)
         if L.use_dot:
             _ns_fused_rows_dot_kernel[grid](L.z, L.packed, L.e, idx, dist, zsq, crow, L.n, L.t, a, L.log2_lamk,
-                                            D=L.d, DP=L.dp, BLOCK_D=dot_block_d(L.d), BLOCK_N=cfg["F_BLOCK_N"],
+                                            D=L.d, DP=L.dp, BLOCK_D=fused_block_d(cfg, L.d), BLOCK_N=cfg["F_BLOCK_N"],
                                             BLOCK_K=L.pbk, PRECISION=cfg["precision"],
                                             BLOCK_DD=min(64, _next_pow2(L.d)), num_warps=cfg["F_num_warps"])
         else:
@@ -193,7 +204,8 @@ def sweep_configs(d: int) -> list[dict]:
                 for bn, nw in ((64, 4), (128, 8), (32, 4), (64, 8), (128, 4)) if (bn // nw) * d <= 128]
     cfgs = [dict(F_BLOCK_N=bn, F_num_warps=nw, R_BLOCK_K=bk)
             for bn, bk, nw in ((64, 64, 8), (64, 64, 4), (32, 64, 4), (128, 64, 8), (64, 32, 4))]
-    return cfgs + [dict(c, precision="tf32x3") for c in cfgs]
+    return (cfgs + [dict(cfgs[0], F_BLOCK_D=16)]
+            + [dict(c, precision="tf32x3") for c in cfgs] + [dict(cfgs[0], precision="tf32x3", F_BLOCK_D=32)])
 
 
 def _cli(argv=None) -> int:

@@ -517,8 +517,8 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
     """Launch config of both passes; ``NSVQ_NS_CONFIG="R_BLOCK_N=64,C_SPLIT=4"`` overrides keys.
 
     R_*: pass 1 (rows): BLOCK_N rows per program, BLOCK_K codes per tile (also the pack width
-    PBK), num_warps. F_*: the fused search + pass 1 of ns_fused_triton: BLOCK_N, num_warps
-    (its code tile is the pack width R_BLOCK_K). C_*: pass 2 (codes): BLOCK_K codes per program (FMA path: each thread owns
+    PBK), num_warps. F_*: the fused search + pass 1 of ns_fused_triton: BLOCK_N, num_warps,
+    BLOCK_D (dot path D chunk, 0 = auto; its code tile is the pack width R_BLOCK_K). C_*: pass 2 (codes): BLOCK_K codes per program (FMA path: each thread owns
     BLOCK_K / (32 num_warps) codes), BLOCK_R rows per step (FMA path: 2, rows are streamed in
     pairs; dot path: the tl.dot M dimension, >= 16), num_warps, SPLIT row ranges per code block
     (partials summed on the host in a fixed order; 0 = auto, about 16 warps per SM).
@@ -546,6 +546,7 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
     # the fused search + pass 1 (ns_fused_triton): pass 1's shape until a GPU sweep says otherwise
     cfg["F_BLOCK_N"] = cfg["R_BLOCK_N"]
     cfg["F_num_warps"] = cfg["R_num_warps"]
+    cfg["F_BLOCK_D"] = 0      # auto (ns_fused_triton.fused_block_d)
     cfg["precision"] = "ieee"
     return apply_env_config(cfg, "NSVQ_NS_CONFIG", ("precision",))
 
