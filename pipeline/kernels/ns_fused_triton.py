@@ -158,9 +158,10 @@ def fused_block_d(cfg: dict, d: int) -> int:
     tl.dot for tf32x3; 32-wide chunks for "ieee", whose FMA-dot with a 64-wide z tile held in
     registers next to the three slot states spills (sm_90 SASS, 64 x 64 x 8 warps: 3.7 KB of
     stack per thread, against 16 bytes with 32-wide chunks, see bench/NOTES_kernels.md)."""
-    bd = int(cfg.get("F_BLOCK_D", 0)) or (dot_block_d(d) if cfg["precision"] == "tf32x3" else min(32, dot_block_d(d)))
-    if bd not in (16, 32, 64) or bd > dot_block_d(d):
-        raise ValueError(f"ns_search_stats_triton: F_BLOCK_D must be 16, 32 or 64 and at most {dot_block_d(d)}, got {bd}")
+    widest = dot_block_d(d)
+    bd = int(cfg.get("F_BLOCK_D", 0)) or (widest if cfg["precision"] == "tf32x3" else min(32, widest))
+    if bd not in (16, 32, 64) or bd > widest:
+        raise ValueError(f"ns_search_stats_triton: F_BLOCK_D must be 16, 32 or 64 and at most {widest}, got {bd}")
     return bd
 
 
@@ -191,7 +192,6 @@ def ns_search_stats_triton(z: torch.Tensor, codebook: torch.Tensor, tau: float, 
                                         D=L.d, BLOCK_N=cfg["F_BLOCK_N"], BLOCK_K=L.pbk,
                                         num_warps=cfg["F_num_warps"])
         return (idx, dist, *ns_codes_pass(L, idx, zsq, crow))
-
 
 
 # ----------------------------------------------------------------------------------------------

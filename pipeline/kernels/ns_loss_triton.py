@@ -370,8 +370,9 @@ def _ns_codes_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr, tot
 
 
 # ----------------------------------------------------------------------------------------------
-# D > 16: tl.dot variants ("ieee" or "tf32x3", the PRECISION constexpr). DP (a multiple of BLOCK_D <= 64) is the packed width;
-# the scores loop over D chunks (z chunks from L1/L2 when DP > BLOCK_D).
+# D > 16: tl.dot variants ("ieee" or "tf32x3", the PRECISION constexpr). DP (a multiple of
+# BLOCK_D <= 64) is the packed width; the scores loop over D chunks (z chunks from L1/L2 when
+# DP > BLOCK_D).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _dot_scores(z_ptr, rows64, rmask, zt, tile, D: tl.constexpr, DP: tl.constexpr,
@@ -518,7 +519,8 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
 
     R_*: pass 1 (rows): BLOCK_N rows per program, BLOCK_K codes per tile (also the pack width
     PBK), num_warps. F_*: the fused search + pass 1 of ns_fused_triton: BLOCK_N, num_warps,
-    BLOCK_D (dot path D chunk, 0 = auto; its code tile is the pack width R_BLOCK_K). C_*: pass 2 (codes): BLOCK_K codes per program (FMA path: each thread owns
+    BLOCK_D (dot path D chunk, 0 = auto; its code tile is the pack width R_BLOCK_K).
+    C_*: pass 2 (codes): BLOCK_K codes per program (FMA path: each thread owns
     BLOCK_K / (32 num_warps) codes), BLOCK_R rows per step (FMA path: 2, rows are streamed in
     pairs; dot path: the tl.dot M dimension, >= 16), num_warps, SPLIT row ranges per code block
     (partials summed on the host in a fixed order; 0 = auto, about 16 warps per SM).
