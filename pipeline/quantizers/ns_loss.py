@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .search import MAX_BLOCK_ELEMS, _backend, chunk_rows, kernel_config
+from .search import MAX_BLOCK_ELEMS, _backend, check_shapes, chunk_rows, kernel_config, winner_distance
 
 
 def ns_weights(dist: torch.Tensor, winner: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
@@ -72,8 +72,7 @@ def ns_search_stats(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: fl
     """(idx (N,) long, dist (N,), total, s, M): ``nearest_code_torch``'s index and distance and
     ``ns_loss_stats`` for those winners, from one sweep over the scores (not one per result)."""
     idx, total, s, m = _chunked_stats(z, codebook, None, tau, lam, chunk_size, max_block_elems)
-    dist = (z.float() - codebook.float()[idx]).pow(2).sum(1)
-    return idx, dist, total, s, m
+    return idx, winner_distance(z, codebook, idx), total, s, m
 
 
 class _NSLossFromStats(torch.autograd.Function):
@@ -121,9 +120,7 @@ def ns_search_and_loss(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam:
     the chunk's score block; Triton: pipeline/kernels/ns_fused_triton.py), so the scores are
     computed once for both instead of twice. Arguments as in ``ns_embedding_loss``."""
     kernel_cfg = kernel_config(precision)
-    if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"ns_search_and_loss: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} "
-                         "must be (N, D) and (K, D)")
+    check_shapes("ns_search_and_loss", z, codebook)
     with torch.no_grad():
         if _backend(z, backend) == "triton":
             from ..kernels.ns_fused_triton import ns_search_stats_triton

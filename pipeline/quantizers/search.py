@@ -66,8 +66,19 @@ def nearest_code_torch(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int 
         zc = z[s:s + rows]
         # c2 - 2 z.c: the ||z||^2 term is constant per row and does not change the argmin.
         idx[s:s + rows] = torch.addmm(c2, zc, ct, beta=1.0, alpha=-2.0).argmin(1)
-    dist = (z - codebook[idx]).pow(2).sum(1)
-    return idx, dist
+    return idx, winner_distance(z, codebook, idx)
+
+
+def winner_distance(z: torch.Tensor, codebook: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """||z_i - c_idx_i||^2 in fp32, computed directly (no ||z||^2 + ||c||^2 - 2 z.c cancellation)."""
+    return (z.float() - codebook.float()[idx]).pow(2).sum(1)
+
+
+def check_shapes(who: str, z: torch.Tensor, codebook: torch.Tensor) -> None:
+    """z (N, D) and codebook (K, D), or a ValueError naming ``who`` and both shapes."""
+    if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"{who}: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} "
+                         "must be (N, D) and (K, D)")
 
 
 @torch.no_grad()
@@ -81,9 +92,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int = 8
     distance is the chosen code's exact fp32 distance either way).
     """
     config = kernel_config(precision)
-    if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"nearest_code: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} "
-                         "must be (N, D) and (K, D)")
+    check_shapes("nearest_code", z, codebook)
     if _backend(z, backend) == "triton":
         from ..kernels.search_triton import nearest_code_triton
 
