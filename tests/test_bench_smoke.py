@@ -8,6 +8,7 @@ keys issue 5 asks for. The numbers are meaningless and are not checked.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -27,15 +28,23 @@ SUMMARY_KEYS = {"quantizer_ms_k65536_d8", "quantizer_extra_mb_k65536_d8", "vqpyt
                 "train_speedup_vs_eager_fp32", "train_mfu", "device", "date"}
 
 
-def test_run_all_parts_in_smoke_mode(tmp_path):
-    env = {**os.environ, "NSVQ_BENCH_SMOKE": "1", "TRITON_INTERPRET": "1", "OUT": str(tmp_path),
+def _smoke_env(out: Path) -> dict:
+    env = {**os.environ, "NSVQ_BENCH_SMOKE": "1", "TRITON_INTERPRET": "1", "OUT": str(out),
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     for var in ("NSVQ_SEARCH_BACKEND", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG"):
         env.pop(var, None)
+    return env
+
+
+def _run_part(part: str, out: Path) -> None:
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "run_all.sh"), part], env=_smoke_env(out), cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{part}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-4000:]}"
+
+
+def test_run_all_parts_in_smoke_mode(tmp_path):
     for part in ("kmeans", "quantizer", "train", "profile", "summary"):
-        proc = subprocess.run(["bash", str(ROOT / "bench" / "run_all.sh"), part], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"{part}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-4000:]}"
+        _run_part(part, tmp_path)
 
     q = json.loads((tmp_path / "quantizer.json").read_text())
     ours = [r for r in q["quantizer_step"] if r["impl"].startswith("ours") and "CUDA graph" not in r["impl"]]
@@ -58,3 +67,21 @@ def test_run_all_parts_in_smoke_mode(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
     assert summary["device"] == "cpu" and summary["nsvq_search_ns_fused_ms_k65536_d8"] is not None
+
+
+def test_sweep_part_checks_every_launch_config(tmp_path):
+    """``run_all.sh sweep``: each kernel module's CLI (pipeline/kernels/cli.py) runs its whole
+    sweep; in smoke mode at toy sizes under the interpreter, checked and not timed. Every
+    config must run and agree with the torch reference (the CLI's own ``ok``), so a stale
+    sweep key or a CLI crash shows up here, not in a GPU session."""
+    _run_part("sweep", tmp_path)
+    for module, d in itertools.product(("search_triton", "ns_loss_triton", "ns_fused_triton"), (8, 64)):
+        log = tmp_path / f"sweep_{module}_d{d}.log"
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        header, results = lines[0], lines[1:]
+        assert (header["device"], header["d"]) == ("cpu", d), header
+        sweep = importlib.import_module(f"pipeline.kernels.{module}").sweep_configs(d)
+        assert len(results) == 1 + len(sweep), (log.name, results)   # the default, then every sweep config
+        for res in results:
+            assert "error" not in res and res["ok"] is True, (log.name, res)
+            assert "ms" not in res and "ms_stats" not in res, res      # on the CPU: checked, not timed

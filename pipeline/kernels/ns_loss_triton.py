@@ -694,72 +694,45 @@ def sweep_configs(d: int) -> list[dict]:
 
 
 def _cli(argv=None) -> int:
-    import argparse
+    """Check every config's (total, s, M) against ns_loss_stats at full size (1e-4 relative),
+    then time it and the autograd fwd+bwd; exit 1 if a config is wrong or the default fails."""
     import json
-
-    from triton.testing import do_bench
 
     from pipeline.quantizers.ns_loss import ns_embedding_loss, ns_loss_stats
     from pipeline.quantizers.search import nearest_code
 
-    ap = argparse.ArgumentParser(description="check / time ns_loss_stats_triton on the GPU")
-    ap.add_argument("--n", type=int, default=16384)
-    ap.add_argument("--k", type=int, default=65536)
-    ap.add_argument("--d", type=int, default=8)
-    ap.add_argument("--tau", type=float, default=0.5)
-    ap.add_argument("--lam", type=float, default=0.01)
-    ap.add_argument("--sweep", action="store_true", help="time sweep_configs(d) too")
-    ap.add_argument("--check", action="store_true", help="correctness only (no timing)")
-    ap.add_argument("--rep", type=int, default=200, help="do_bench rep (ms)")
-    ap.add_argument("--device", default="cuda",
-                    help="cpu: TRITON_INTERPRET=1 smoke run (implies --check)")
-    args = ap.parse_args(argv)
-    if args.device != "cuda":
-        args.check = True
-    dev = torch.device(args.device)
-    g = torch.Generator(device=dev).manual_seed(0)
-    z = torch.randn(args.n, args.d, device=dev, generator=g)
-    cb = torch.randn(args.k, args.d, device=dev, generator=g)
+    from .cli import parse_args, print_header, random_inputs, rel_err, timer
+
+    args = parse_args("check / time ns_loss_stats_triton on the GPU", argv, ns=True)
+    z, cb = random_inputs(args)
     win, _ = nearest_code(z, cb)
-    name = torch.cuda.get_device_name() if dev.type == "cuda" else str(dev)
-    print(json.dumps(dict(device=name, n=args.n, k=args.k, d=args.d,
-                          tau=args.tau, lam=args.lam, triton=triton.__version__,
-                          torch=torch.__version__)))
+    print_header(args, tau=args.tau, lam=args.lam)
     ref = ns_loss_stats(z, cb, win, args.tau, args.lam)
-    if not args.check:
-        ms = do_bench(lambda: ns_loss_stats(z, cb, win, args.tau, args.lam), rep=args.rep)
-        print(json.dumps(dict(impl="torch ns_loss_stats", ms=round(ms, 4))))
-
-    def rel(a, b):
-        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
+    ms = None if args.check else timer(args)
+    if ms:
+        print(json.dumps(dict(impl="torch ns_loss_stats", ms=ms(lambda: ns_loss_stats(z, cb, win, args.tau, args.lam)))))
     failed = 0
     for cfg in [dict()] + (sweep_configs(args.d) if args.sweep else []):
-        full = default_ns_config(args.n, args.k, args.d)
-        full.update(cfg)
         try:
             out = ns_loss_stats_triton(z, cb, win, args.tau, args.lam, config=cfg)
-            errs = [rel(a, b) for a, b in zip(out, ref)]
+            errs = [rel_err(a, b) for a, b in zip(out, ref)]
             res = dict(config=cfg or "default", rel_err_total=errs[0], rel_err_s=errs[1],
                        rel_err_M=errs[2], ok=max(errs) <= 1e-4)
             failed += not res["ok"]
-            if not args.check:
-                res["ms_stats"] = round(do_bench(
-                    lambda: ns_loss_stats_triton(z, cb, win, args.tau, args.lam, config=cfg),
-                    rep=args.rep), 4)
+            if ms:
+                res["ms_stats"] = ms(lambda: ns_loss_stats_triton(z, cb, win, args.tau, args.lam, config=cfg))
         except Exception as exc:
             res = dict(config=cfg or "default", error=repr(exc)[:300])
             failed += not cfg
         print(json.dumps(res), flush=True)
-    if not args.check:  # forward + backward through the autograd Function, default config
+    if ms:  # forward + backward through the autograd Function, default config
         e = cb.clone().requires_grad_(True)
 
         def fwd_bwd():
             e.grad = None
             ns_embedding_loss(z, e, win, args.tau, args.lam, backend="triton").backward()
 
-        print(json.dumps(dict(impl="ns_embedding_loss triton fwd+bwd",
-                              ms=round(do_bench(fwd_bwd, rep=args.rep), 4))))
+        print(json.dumps(dict(impl="ns_embedding_loss triton fwd+bwd", ms=ms(fwd_bwd))))
     return 1 if failed else 0
 
 

@@ -583,37 +583,22 @@ def _check_against_torch(idx, dist, z, cb, ridx, rdist) -> dict:
 
 
 def _cli(argv=None) -> int:
-    import argparse
+    """Check every config against nearest_code_torch at full size (non-near-tie mismatches,
+    winner distance), then time it; exit 1 if an fp32 config is wrong or the default fails."""
     import json
-
-    ap = argparse.ArgumentParser(description="check / time nearest_code_triton on the GPU")
-    ap.add_argument("--n", type=int, default=16384)
-    ap.add_argument("--k", type=int, default=65536)
-    ap.add_argument("--d", type=int, default=8)
-    ap.add_argument("--sweep", action="store_true", help="time sweep_configs(d) too")
-    ap.add_argument("--check", action="store_true", help="correctness only (no timing)")
-    ap.add_argument("--rep", type=int, default=200, help="do_bench rep (ms)")
-    ap.add_argument("--device", default="cuda",
-                    help="cpu: TRITON_INTERPRET=1 smoke run (implies --check)")
-    args = ap.parse_args(argv)
-    if args.device != "cuda":
-        args.check = True
-    from triton.testing import do_bench
 
     from pipeline.quantizers.search import nearest_code_torch
 
-    dev = torch.device(args.device)
-    g = torch.Generator(device=dev).manual_seed(0)
-    z = torch.randn(args.n, args.d, device=dev, generator=g)
-    cb = torch.randn(args.k, args.d, device=dev, generator=g)
+    from .cli import parse_args, print_header, random_inputs, timer
+
+    args = parse_args("check / time nearest_code_triton on the GPU", argv)
+    z, cb = random_inputs(args)
     flops = 2.0 * args.n * args.k * args.d
-    name = torch.cuda.get_device_name() if dev.type == "cuda" else str(dev)
-    print(json.dumps(dict(device=name, n=args.n, k=args.k, d=args.d,
-                          gflop=flops / 1e9, triton=triton.__version__, torch=torch.__version__)))
+    print_header(args, gflop=flops / 1e9)
     ridx, rdist = nearest_code_torch(z, cb)
-    if not args.check:
-        t_ref = do_bench(lambda: nearest_code_torch(z, cb), rep=args.rep)
-        print(json.dumps(dict(impl="torch", ms=round(t_ref, 4))))
+    ms = None if args.check else timer(args)
+    if ms:
+        print(json.dumps(dict(impl="torch", ms=ms(lambda: nearest_code_torch(z, cb)))))
     cfgs = [dict()] + (sweep_configs(args.d) if args.sweep else [])
     failed = 0
     for cfg in cfgs:
@@ -625,9 +610,9 @@ def _cli(argv=None) -> int:
             strict = full.get("precision", "ieee") == "ieee"
             res["ok"] = res["non_tie_mismatches"] == 0 and res["dist_rel_err"] < 1e-5
             failed += strict and not res["ok"]
-            if not args.check:
-                ms = do_bench(lambda: nearest_code_triton(z, cb, config=cfg), rep=args.rep)
-                res.update(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 2))
+            if ms:
+                t = ms(lambda: nearest_code_triton(z, cb, config=cfg))
+                res.update(ms=t, tflops=round(flops / t / 1e9, 2))
         except Exception as exc:  # a config that does not compile / fit: report and go on
             res = dict(config=full, error=repr(exc)[:300])
             failed += not cfg
