@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
 
-.PHONY: install repro test test-fast toy study clean
+.PHONY: install repro test test-fast toy study bench-wheels clean
 
 install: $(VENV)/.installed
 
@@ -46,3 +46,9 @@ study: install                # every method x K = 128, 512 on the demo data -> 
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# The comparison library of the GPU bench and its pure-Python needs, as wheels in .whl/ to
+# carry to the lent GPU machine (it has no network): see README, "GPU performance".
+BENCH_WHEELS := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 loguru==0.7.3 torch-einops-utils==0.2.0
+bench-wheels:
+	$(PYTHON) -m pip download -q --no-deps $(BENCH_WHEELS) -d .whl
