@@ -7,7 +7,8 @@
 Each prints one JSON line per config (the default, then ``sweep_configs(d)`` with --sweep)
 with its error against the torch reference and, on a GPU, its time. ``--device cpu`` (under
 TRITON_INTERPRET=1) checks every config at toy sizes without timing, which is how CI keeps the
-sweeps runnable (tests/test_kernel_clis.py) before they cost device time.
+sweeps runnable (tests/test_bench_smoke.py, via ``bench/run_all.sh sweep``) before they
+cost device time.
 """
 from __future__ import annotations
 

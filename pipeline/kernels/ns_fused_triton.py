@@ -219,7 +219,7 @@ def _cli(argv=None) -> int:
     from pipeline.quantizers.ns_loss import ns_loss_stats, ns_search_stats
 
     from .cli import parse_args, print_header, random_inputs, rel_err, timer
-    from .ns_loss_triton import ns_loss_stats_triton
+    from .ns_loss_triton import default_ns_config, ns_loss_stats_triton
     from .search_triton import _check_against_torch, nearest_code_triton
 
     args = parse_args("check / time ns_search_stats_triton on the GPU", argv, ns=True)
@@ -235,9 +235,9 @@ def _cli(argv=None) -> int:
             own = ref[2:] if torch.equal(idx, ref[0]) else ns_loss_stats(z, cb, idx, args.tau, args.lam)
             errs = [rel_err(a, b) for a, b in zip(stats, own)]
             res.update(rel_err_total=errs[0], rel_err_s=errs[1], rel_err_M=errs[2])
-            search_ok = cfg.get("precision", "ieee") != "ieee" or (res["non_tie_mismatches"] == 0
-                                                                  and res["dist_rel_err"] < 1e-5)
-            res["ok"] = search_ok and max(errs) <= 1e-4
+            # tf32x3 may swap near-ties (reported, as the search CLI does); the stats must hold always
+            strict = {**default_ns_config(args.n, args.k, args.d), **cfg}["precision"] == "ieee"
+            res["ok"] = (res["ok"] or not strict) and max(errs) <= 1e-4
             failed += not res["ok"]
             if ms:
                 res["ms"] = ms(lambda: ns_search_stats_triton(z, cb, args.tau, args.lam, config=cfg))
@@ -245,11 +245,13 @@ def _cli(argv=None) -> int:
             res = dict(config=cfg or "default", error=repr(exc)[:300])
             failed += not cfg
         print(json.dumps(res), flush=True)
-    for prec in (("ieee", "tf32x3") if args.d > 16 else ("ieee",)) if ms else ():
-        def separate():
-            idx, _ = nearest_code_triton(z, cb, config={"precision": prec})
-            return ns_loss_stats_triton(z, cb, idx, args.tau, args.lam, config={"precision": prec})
-        print(json.dumps(dict(impl=f"search kernel + ns_loss_stats_triton ({prec})", ms=ms(separate))), flush=True)
+    if ms:   # the two sweeps the fused pass replaces
+        for prec in ("ieee", "tf32x3") if args.d > 16 else ("ieee",):
+            def separate():
+                idx, _ = nearest_code_triton(z, cb, config={"precision": prec})
+                return ns_loss_stats_triton(z, cb, idx, args.tau, args.lam, config={"precision": prec})
+            print(json.dumps(dict(impl=f"search kernel + ns_loss_stats_triton ({prec})", ms=ms(separate))),
+                  flush=True)
     return 1 if failed else 0
 
 

@@ -569,7 +569,8 @@ def sweep_configs(d: int) -> list[dict]:
 
 
 def _check_against_torch(idx, dist, z, cb, ridx, rdist) -> dict:
-    """Mismatch count and whether every mismatch is a near-tie (1e-5 relative, fp64)."""
+    """Mismatch count, whether every mismatch is a near-tie (1e-5 relative, fp64), the returned
+    distance's error, and ``ok``: no mismatch beyond near-ties and the distance within 1e-5."""
     mism = (idx != ridx).nonzero().flatten()
     bad = 0
     if mism.numel():
@@ -579,7 +580,8 @@ def _check_against_torch(idx, dist, z, cb, ridx, rdist) -> dict:
         bad = int(((d_ours - d_ref).abs() > 1e-5 * d_ref.abs().clamp_min(1e-30)).sum())
     exact = (z - cb[idx]).pow(2).sum(1)
     derr = ((dist - exact).abs() / exact.clamp_min(1e-12)).max().item()
-    return dict(mismatches=int(mism.numel()), non_tie_mismatches=bad, dist_rel_err=derr)
+    return dict(mismatches=int(mism.numel()), non_tie_mismatches=bad, dist_rel_err=derr,
+                ok=bad == 0 and derr < 1e-5)
 
 
 def _cli(argv=None) -> int:
@@ -607,8 +609,7 @@ def _cli(argv=None) -> int:
         try:
             idx, dist = nearest_code_triton(z, cb, config=cfg)
             res = dict(config=full, **_check_against_torch(idx, dist, z, cb, ridx, rdist))
-            strict = full.get("precision", "ieee") == "ieee"
-            res["ok"] = res["non_tie_mismatches"] == 0 and res["dist_rel_err"] < 1e-5
+            strict = full.get("precision", "ieee") == "ieee"   # tf32x3 may swap near-ties: reported only
             failed += strict and not res["ok"]
             if ms:
                 t = ms(lambda: nearest_code_triton(z, cb, config=cfg))
