@@ -19,7 +19,7 @@ export DVC_NO_ANALYTICS=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
 
-.PHONY: install repro test test-fast toy study bench-wheels clean
+.PHONY: install repro test test-fast toy study bench-wheels gpu-preflight clean
 
 install: $(VENV)/.installed
 
@@ -61,3 +61,23 @@ clean:
 BENCH_WHEELS := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 loguru==0.7.3 torch-einops-utils==0.2.0
 bench-wheels:
 	$(PYTHON) -m pip download -q --no-deps $(BENCH_WHEELS) -d .whl
+
+# Before spending device time: the GPU bench scripts' CPU smoke run and the kernel tests under
+# the lent GPU image's torch 2.11.0 and Triton 3.6.0 (ours are 2.14.1 / 3.8.0), put ahead of
+# .venv's on PYTHONPATH. torch 2.11.0 is the same CUDA 13 build, so the CUDA libraries .venv
+# already has serve it; numpy < 2.3 because Triton 3.6.0's interpreter fails on numpy 2.5.
+GPU_TORCH := 2.11.0
+GPU_TORCH_DIR := .cache/torch-gpu
+$(GPU_TORCH_DIR)/.fetched-$(GPU_TORCH):
+	rm -rf $(GPU_TORCH_DIR)
+	$(BIN)/python -m pip install -q --no-deps --target $(GPU_TORCH_DIR) torch==$(GPU_TORCH) "numpy<2.3"
+	touch $@
+
+gpu-preflight: install $(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON) $(GPU_TORCH_DIR)/.fetched-$(GPU_TORCH)
+	PYTHONPATH="$(CURDIR)/$(GPU_TORCH_DIR):$(CURDIR)/$(GPU_TRITON_DIR)" PATH="$(CURDIR)/$(BIN):$$PATH" \
+	  $(BIN)/python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__); \
+	    assert torch.__version__.startswith('$(GPU_TORCH)') and triton.__version__ == '$(GPU_TRITON)'"
+	PYTHONPATH="$(CURDIR)/$(GPU_TORCH_DIR):$(CURDIR)/$(GPU_TRITON_DIR)" PATH="$(CURDIR)/$(BIN):$$PATH" \
+	  $(BIN)/python -m pytest -q tests/test_bench_smoke.py tests/test_kernels_triton.py \
+	  tests/test_kernel_precision.py tests/test_kernels_compile.py tests/test_quantizers_core.py \
+	  tests/test_quantizer_methods.py tests/test_kmeans.py tests/test_training.py
