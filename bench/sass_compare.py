@@ -1,0 +1,116 @@
+"""Does a change alter the kernels' machine code? Compare the sm_90 SASS of every Triton kernel
+in this working tree with a commit's, on a machine without a GPU.
+
+    python bench/sass_compare.py                      # working tree vs HEAD (a refactor's check)
+    python bench/sass_compare.py 3916c5c              # vs the commit the GPU figures were measured at
+    python bench/sass_compare.py 3916c5c --triton-path .cache/triton-gpu   # under the GPU image's Triton
+    ... --json reports/bench/sass_vs_3916c5c.json
+
+Each kernel of pipeline/kernels/sm90.py's kernel_cases(), at the working tree's default launch
+configs, is compiled in both trees (the commit's as a temporary git worktree), disassembled
+without addresses and encodings, and compared. A kernel whose SASS is identical runs exactly
+as it did, so its measured GPU times still hold; host-side code around it is not covered. A
+kernel the commit lacks, or that takes other arguments there, is reported as not comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SM90 = REPO / "pipeline" / "kernels" / "sm90.py"
+
+
+def _load_sm90():
+    """This tree's sm90.py by path, so the dump of an older tree (which may lack it) can use it."""
+    spec = importlib.util.spec_from_file_location("nsvq_sm90_tool", SM90)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def specs() -> list[dict]:
+    """kernel_cases() of this tree as plain data: the kernel named by module and function."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.kernels.sm90 import kernel_cases
+
+    return [dict(label=c.label, module=c.fn.fn.__module__, name=c.fn.fn.__name__, signature=c.signature,
+                 constexprs=c.constexprs, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in kernel_cases()]
+
+
+def dump(root: str) -> dict:
+    """{label: {"instructions", "sha1"} or {"error"}} for the specs on stdin, compiled from ``root``."""
+    sys.path.insert(0, root)
+    sm90 = _load_sm90()
+    out = {}
+    for s in json.load(sys.stdin):
+        try:
+            fn = getattr(importlib.import_module(s["module"]), s["name"])
+            sass = sm90.sass_instructions(sm90.compile_sm90(fn, s["signature"], s["constexprs"],
+                                                            s["num_warps"], s["num_stages"]))
+            out[s["label"]] = {"instructions": len(sass), "sha1": hashlib.sha1("\n".join(sass).encode()).hexdigest()}
+        except Exception as e:      # absent at that commit, or other arguments: not comparable
+            out[s["label"]] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
+    import triton
+
+    return {"triton": triton.__version__, "kernels": out}
+
+
+def run_dump(root: Path, spec: list[dict], triton_path: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG")}
+    env["PYTHONPATH"] = os.pathsep.join([p for p in (triton_path, str(root)) if p])
+    proc = subprocess.run([sys.executable, __file__, "--dump", str(root)], input=json.dumps(spec), env=env,
+                          cwd=root, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"compiling in {root} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rev", nargs="?", default="HEAD")
+    ap.add_argument("--triton-path", help="a folder put first on PYTHONPATH for both compiles (another Triton)")
+    ap.add_argument("--json", help="also write the comparison here")
+    ap.add_argument("--dump", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.dump:
+        print(json.dumps(dump(a.dump)))
+        return
+    triton_path = str(Path(a.triton_path).resolve()) if a.triton_path else None
+    commit = subprocess.run(["git", "rev-parse", a.rev], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    spec = specs()
+    with tempfile.TemporaryDirectory() as tmp:
+        wt = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(wt), commit], cwd=REPO, check=True)
+        try:
+            here, there = run_dump(REPO, spec, triton_path), run_dump(wt, spec, triton_path)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=REPO, check=True)
+    rows = []
+    for s in spec:
+        h, t = here["kernels"][s["label"]], there["kernels"][s["label"]]
+        same = "not comparable" if "error" in h or "error" in t else ("identical" if h["sha1"] == t["sha1"] else "differs")
+        rows.append(dict(kernel=s["label"], instructions=h.get("instructions"), instructions_at_rev=t.get("instructions"),
+                         sass=same, note=t.get("error") or h.get("error") or ""))
+    print(f"working tree vs {a.rev} ({commit[:10]}), Triton {here['triton']}, sm_90, default launch configs")
+    print(f"{'kernel':42s} {'instr':>6s} {'at rev':>6s}  SASS")
+    for r in rows:
+        print(f"{r['kernel']:42s} {r['instructions'] or '-':>6} {r['instructions_at_rev'] or '-':>6}  {r['sass']}"
+              + (f"  ({r['note']})" if r["note"] else ""))
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(rev=a.rev, commit=commit, triton=here["triton"], target="sm_90",
+                                                command="python " + " ".join(["bench/sass_compare.py"] + sys.argv[1:]),
+                                                kernels=rows), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
