@@ -9,7 +9,9 @@ in this working tree with a commit's, on a machine without a GPU.
 Each kernel of pipeline/kernels/sm90.py's kernel_cases(), at the working tree's default launch
 configs, is compiled in both trees (the commit's as a temporary git worktree), disassembled
 without addresses and encodings, and compared. A kernel whose SASS is identical runs exactly
-as it did, so its measured GPU times still hold; host-side code around it is not covered. A
+as it did, so its measured GPU times still hold; "registers renamed" (the same instructions
+in the same order with other register numbers) does the same work. Host-side code around the
+kernels is not covered. A
 kernel the commit lacks, or that takes other arguments there, is reported as not comparable.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,6 +50,20 @@ def specs() -> list[dict]:
             for c in kernel_cases()]
 
 
+def _sha1(lines: list[str]) -> str:
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
+
+
+def verdict(here: dict, there: dict) -> str:
+    """identical; "registers renamed" (same instructions in the same order, other register
+    numbers: same work, same issue count); differs; or not comparable."""
+    if "error" in here or "error" in there:
+        return "not comparable"
+    if here["sha1"] == there["sha1"]:
+        return "identical"
+    return "registers renamed" if here["sha1_no_regs"] == there["sha1_no_regs"] else "differs"
+
+
 def dump(root: str) -> dict:
     """{label: {"instructions", "sha1"} or {"error"}} for the specs on stdin, compiled from ``root``."""
     sys.path.insert(0, root)
@@ -57,7 +74,8 @@ def dump(root: str) -> dict:
             fn = getattr(importlib.import_module(s["module"]), s["name"])
             sass = sm90.sass_instructions(sm90.compile_sm90(fn, s["signature"], s["constexprs"],
                                                             s["num_warps"], s["num_stages"]))
-            out[s["label"]] = {"instructions": len(sass), "sha1": hashlib.sha1("\n".join(sass).encode()).hexdigest()}
+            renamed = [re.sub(r"\b(U?R|U?P)\d+\b", r"\1", ins) for ins in sass]    # register numbers out
+            out[s["label"]] = {"instructions": len(sass), "sha1": _sha1(sass), "sha1_no_regs": _sha1(renamed)}
         except Exception as e:      # absent at that commit, or other arguments: not comparable
             out[s["label"]] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
     import triton
@@ -98,9 +116,8 @@ def main() -> None:
     rows = []
     for s in spec:
         h, t = here["kernels"][s["label"]], there["kernels"][s["label"]]
-        same = "not comparable" if "error" in h or "error" in t else ("identical" if h["sha1"] == t["sha1"] else "differs")
         rows.append(dict(kernel=s["label"], instructions=h.get("instructions"), instructions_at_rev=t.get("instructions"),
-                         sass=same, note=t.get("error") or h.get("error") or ""))
+                         sass=verdict(h, t), note=t.get("error") or h.get("error") or ""))
     print(f"working tree vs {a.rev} ({commit[:10]}), Triton {here['triton']}, sm_90, default launch configs")
     print(f"{'kernel':42s} {'instr':>6s} {'at rev':>6s}  SASS")
     for r in rows:

@@ -85,7 +85,8 @@ if __name__ == "__main__":      # the subprocess of the test above
 
 def test_sass_compare_tool_compares_every_kernel_with_a_commit(tmp_path):
     """bench/sass_compare.py (working tree vs HEAD here): every kernel compiles in both trees and
-    is compared; "differs" is allowed, since a developer may be editing a kernel."""
+    is compared; any verdict but "not comparable" is allowed, since a developer may be editing a
+    kernel."""
     root = Path(__file__).resolve().parents[1]
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
         pytest.skip("not a git checkout")
@@ -95,4 +96,5 @@ def test_sass_compare_tool_compares_every_kernel_with_a_commit(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = json.loads(out.read_text())["kernels"]
     assert len(rows) == 4 + 2 * 4
-    assert all(r["sass"] in ("identical", "differs") and r["instructions"] > 0 for r in rows), rows
+    assert all(r["sass"] in ("identical", "registers renamed", "differs") and r["instructions"] > 0
+               for r in rows), rows

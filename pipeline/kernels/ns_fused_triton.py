@@ -33,9 +33,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .ns_loss_triton import _dot_scores, empty_stats, ns_codes_pass, prepare_ns, vec_scores
+from .ns_loss_triton import _dot_scores, empty_stats, load_row_block, ns_codes_pass, prepare_ns
 from .search_triton import (_exact_dist, _finish_argmin, _next_pow2, device_guard, dot_block_d, exact_dist_cols,
-                            load_code_tile, load_z_cols, tile_scores)
+                            load_code_tile, tile_scores)
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)   # a jit global must be a constexpr (compiled, not interpreted)
 
@@ -75,15 +75,8 @@ def _ns_fused_rows_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, crow
                           D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """FMA path (D <= 16): one program per BLOCK_N rows over all code tiles, two register
     buffers (T is even: pack_codebook pads with +inf codes, which never update a slot)."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    rows64 = rows.to(tl.int64)
-    (z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15) = load_z_cols(z_ptr,
-     rows64, rmask, D, BLOCK_N)
-    zsq = vec_scores(tl.zeros([BLOCK_N], tl.float32), z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10,
-                     z11, z12, z13, z14, z15,
-                     z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15, D)
+    (rows, rmask, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+     zsq) = load_row_block(z_ptr, N, D, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     TILE: tl.constexpr = (D + 1) * BLOCK_K
     best = tl.full([BLOCK_N, BLOCK_K], FLT_MAX, tl.float32)

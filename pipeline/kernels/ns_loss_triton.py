@@ -123,9 +123,53 @@ def _mstore(m_ptr, codes64, kmask, acc, D: tl.constexpr, d: tl.constexpr):
         tl.store(m_ptr + codes64 * D + d, acc, mask=kmask)
 
 
+@triton.jit
+def load_row_block(z_ptr, N, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The FMA row passes' prologue: this program's BLOCK_N row indices and mask, their z
+    columns z_0..z_15 in registers (0 past D or N) and ||z||^2."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    (z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15) = load_z_cols(
+        z_ptr, rows.to(tl.int64), rmask, D, BLOCK_N)
+    zsq = vec_scores(tl.zeros([BLOCK_N], tl.float32), z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10,
+                     z11, z12, z13, z14, z15,
+                     z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15, D)
+    return rows, rmask, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15, zsq
+
+
 # ----------------------------------------------------------------------------------------------
 # pass 1: per-row log-sum-exp
 # ----------------------------------------------------------------------------------------------
+@triton.jit
+def _sweep_init(MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The row sweeps' per-(row, slot) accumulator: MODE 0 a sum (0), MODE 1 a max (-inf)."""
+    if MODE == 0:
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    else:
+        acc = tl.full([BLOCK_N, BLOCK_K], float("-inf"), tl.float32)
+    return acc
+
+
+@triton.jit
+def _sweep_add(acc, x, cst, MODE: tl.constexpr):
+    """One tile of exponents x (BLOCK_N, BLOCK_K): MODE 0 acc + exp2(x + cst_i), MODE 1 max(acc, x)."""
+    if MODE == 0:
+        acc += tl.exp2(x + cst[:, None])
+    else:
+        acc = tl.maximum(acc, x)
+    return acc
+
+
+@triton.jit
+def _sweep_finish(acc, MODE: tl.constexpr):
+    """Per row: the slots' sum (MODE 0) or max (MODE 1)."""
+    if MODE == 0:
+        res = tl.sum(acc, axis=1)
+    else:
+        res = tl.max(acc, axis=1)
+    return res
+
+
 @triton.jit
 def _rows_sweep(p_ptr, t_lo, t_last, neg_a, cst, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11,
                 z12, z13, z14, z15,
@@ -138,10 +182,7 @@ def _rows_sweep(p_ptr, t_lo, t_last, neg_a, cst, z0, z1, z2, z3, z4, z5, z6, z7,
     even (pack_codebook pads T to even with +inf codes, which add exp2(-inf) = 0)."""
     offs_k = tl.arange(0, BLOCK_K)
     TILE: tl.constexpr = (D + 1) * BLOCK_K
-    if MODE == 0:
-        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    else:
-        acc = tl.full([BLOCK_N, BLOCK_K], float("-inf"), tl.float32)
+    acc = _sweep_init(MODE, BLOCK_N, BLOCK_K)
     (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
      an) = load_code_tile(p_ptr + t_lo * TILE + offs_k, D, BLOCK_K)
     for t in range(t_lo, t_last + 1, 2):
@@ -150,39 +191,22 @@ def _rows_sweep(p_ptr, t_lo, t_last, neg_a, cst, z0, z1, z2, z3, z4, z5, z6, z7,
         sc = tile_scores(tl.broadcast_to(an[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5,
                          z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
                          a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, D)
-        if MODE == 0:
-            acc += tl.exp2(sc * neg_a + cst[:, None])
-        else:
-            acc = tl.maximum(acc, sc * neg_a)
+        acc = _sweep_add(acc, sc * neg_a, cst, MODE)
         ta = tl.minimum(t + 2, t_last)
         (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
          an) = load_code_tile(p_ptr + ta * TILE + offs_k, D, BLOCK_K)
         sc = tile_scores(tl.broadcast_to(bn[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5,
                          z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
                          b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, D)
-        if MODE == 0:
-            acc += tl.exp2(sc * neg_a + cst[:, None])
-        else:
-            acc = tl.maximum(acc, sc * neg_a)
-    if MODE == 0:
-        res = tl.sum(acc, axis=1)
-    else:
-        res = tl.max(acc, axis=1)
-    return res
+        acc = _sweep_add(acc, sc * neg_a, cst, MODE)
+    return _sweep_finish(acc, MODE)
 
 
 @triton.jit
 def _ns_rows_kernel(z_ptr, p_ptr, win_ptr, zsq_ptr, crow_ptr, N, T, neg_a, log2_lamk,
                     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    rows64 = rows.to(tl.int64)
-    (z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15) = load_z_cols(z_ptr,
-     rows64, rmask, D, BLOCK_N)
-    zsq = vec_scores(tl.zeros([BLOCK_N], tl.float32), z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10,
-                     z11, z12, z13, z14, z15,
-                    z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15, D)
+    (rows, rmask, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+     zsq) = load_row_block(z_ptr, N, D, BLOCK_N)
     # the winner's exponent: the shift of the log-sum-exp
     TILE: tl.constexpr = (D + 1) * BLOCK_K
     win = tl.load(win_ptr + rows, mask=rmask, other=0).to(tl.int32)
@@ -401,23 +425,13 @@ def _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, cst, MOD
                        D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     TILE: tl.constexpr = (DP + 1) * BLOCK_K
-    if MODE == 0:
-        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    else:
-        acc = tl.full([BLOCK_N, BLOCK_K], float("-inf"), tl.float32)
+    acc = _sweep_init(MODE, BLOCK_N, BLOCK_K)
     for t in range(0, T):
         sc = _dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
                          BLOCK_K, False, PRECISION)
         x = tl.maximum(sc, nzsq[:, None]) * neg_a
-        if MODE == 0:
-            acc += tl.exp2(x + cst[:, None])
-        else:
-            acc = tl.maximum(acc, x)
-    if MODE == 0:
-        res = tl.sum(acc, axis=1)
-    else:
-        res = tl.max(acc, axis=1)
-    return res
+        acc = _sweep_add(acc, x, cst, MODE)
+    return _sweep_finish(acc, MODE)
 
 
 @triton.jit
