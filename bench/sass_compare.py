@@ -84,7 +84,7 @@ def dump(root: str) -> dict:
 
 
 def run_dump(root: Path, spec: list[dict], triton_path: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG")}
+    env = dict(os.environ)      # main() has unset sm90.CONFIG_ENV_VARS
     env["PYTHONPATH"] = os.pathsep.join([p for p in (triton_path, str(root)) if p])
     proc = subprocess.run([sys.executable, __file__, "--dump", str(root)], input=json.dumps(spec), env=env,
                           cwd=root, capture_output=True, text=True)
@@ -103,6 +103,8 @@ def main() -> None:
     if a.dump:
         print(json.dumps(dump(a.dump)))
         return
+    for var in _load_sm90().CONFIG_ENV_VARS:      # the GPU's default configs, here and in the dumps
+        os.environ.pop(var, None)
     triton_path = str(Path(a.triton_path).resolve()) if a.triton_path else None
     commit = subprocess.run(["git", "rev-parse", a.rev], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     spec = specs()

@@ -4,9 +4,9 @@ The interpreter tests (test_kernels_triton.py) check the kernels' arithmetic but
 Python: they accept things the compiler refuses (a plain Python global inside a jit function
 did), and they say nothing about registers. Triton ships ptxas, so the real compile to a cubin
 runs on this CPU machine (pipeline/kernels/sm90.py): this test does it for each kernel at the
-bench's shapes and bounds
-the spill (the per-thread stack), which on the GPU turns into local-memory traffic in the hot
-loop (a 64-wide D chunk in the fused dot kernel spilled 3.7 KB per thread before F_BLOCK_D).
+bench's shapes and bounds the spill (the per-thread stack), which on the GPU turns into
+local-memory traffic in the hot loop (a 64-wide D chunk in the fused dot kernel spilled 3.7 KB
+per thread before F_BLOCK_D).
 
 The lent GPU machine's image has an older Triton (3.6.0) than torch 2.14.1 brings here (3.8.0),
 and device time is scarce, so the same compile also runs under that version: `make test`
@@ -28,15 +28,15 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")]
 
 MAX_STACK_BYTES = 512     # the shipped configs: 0-232 bytes
+N_KERNELS = 4 + 2 * 4     # search, NS pass 1, pass 2, fused: at D = 8, and at D = 64 in two precisions
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def compile_every_kernel() -> dict:
-    """{label: {"regs", "stack"}} for every kernel_cases() entry, with the GPU's launch configs
-    (not the interpreter's, and not a config overridden through the environment)."""
+    """{label: {"regs", "stack"}} for every kernel_cases() entry (callers unset
+    sm90.CONFIG_ENV_VARS, so these are the GPU's launch configs)."""
     from pipeline.kernels.sm90 import compile_sm90, kernel_cases, resource_usage
 
-    for var in ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG"):
-        os.environ.pop(var, None)
     return {c.label: resource_usage(compile_sm90(c.fn, c.signature, c.constexprs, c.num_warps, c.num_stages))
             for c in kernel_cases()}
 
@@ -44,18 +44,20 @@ def compile_every_kernel() -> dict:
 def check_resources(results: dict) -> None:
     heavy = {k: v for k, v in results.items() if v["stack"] > MAX_STACK_BYTES}
     assert not heavy, f"kernels spilling more than {MAX_STACK_BYTES} bytes per thread: {heavy}"
-    assert len(results) == 4 + 2 * 4
+    assert len(results) == N_KERNELS
 
 
 def test_every_kernel_compiles_for_sm90_without_heavy_spills(monkeypatch):
-    for var in ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG"):
+    from pipeline.kernels.sm90 import CONFIG_ENV_VARS
+
+    for var in CONFIG_ENV_VARS:
         monkeypatch.delenv(var, raising=False)     # restored after the test
     results = compile_every_kernel()
     print(results)
     check_resources(results)
 
 
-GPU_TRITON_DIR = Path(__file__).resolve().parents[1] / ".cache" / "triton-gpu"
+GPU_TRITON_DIR = ROOT / ".cache" / "triton-gpu"
 
 
 def test_every_kernel_compiles_under_the_gpu_images_triton():
@@ -65,10 +67,11 @@ def test_every_kernel_compiles_under_the_gpu_images_triton():
         pytest.fail(f"no Triton at {GPU_TRITON_DIR}: `make test` installs the GPU image's version there "
                     "(pip install --no-deps --target .cache/triton-gpu triton==<Makefile's GPU_TRITON>)",
                     pytrace=False)
-    root = str(Path(__file__).resolve().parents[1])
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG")}
-    env["PYTHONPATH"] = os.pathsep.join([str(GPU_TRITON_DIR), root] + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.run([sys.executable, __file__], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    from pipeline.kernels.sm90 import CONFIG_ENV_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([str(GPU_TRITON_DIR), str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(out)
@@ -76,25 +79,25 @@ def test_every_kernel_compiles_under_the_gpu_images_triton():
     check_resources(out["results"])
 
 
-if __name__ == "__main__":      # the subprocess of the test above
-    import triton
-
-    print(json.dumps({"triton": triton.__version__, "triton_file": triton.__file__,
-                      "results": compile_every_kernel()}))
-
 
 def test_sass_compare_tool_compares_every_kernel_with_a_commit(tmp_path):
     """bench/sass_compare.py (working tree vs HEAD here): every kernel compiles in both trees and
     is compared; any verdict but "not comparable" is allowed, since a developer may be editing a
     kernel."""
-    root = Path(__file__).resolve().parents[1]
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
         pytest.skip("not a git checkout")
     out = tmp_path / "sass.json"
-    proc = subprocess.run([sys.executable, str(root / "bench" / "sass_compare.py"), "HEAD", "--json", str(out)],
-                          cwd=root, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "sass_compare.py"), "HEAD", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = json.loads(out.read_text())["kernels"]
-    assert len(rows) == 4 + 2 * 4
+    assert len(rows) == N_KERNELS
     assert all(r["sass"] in ("identical", "registers renamed", "differs") and r["instructions"] > 0
                for r in rows), rows
+
+
+if __name__ == "__main__":      # the subprocess of test_every_kernel_compiles_under_the_gpu_images_triton
+    import triton
+
+    print(json.dumps({"triton": triton.__version__, "triton_file": triton.__file__,
+                      "results": compile_every_kernel()}))

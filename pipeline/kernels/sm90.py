@@ -19,6 +19,9 @@ import tempfile
 from typing import NamedTuple
 
 N_BENCH, K_BENCH = 16_384, 65_536      # the issue's quantizer-step size
+# Set, these move kernel_cases() off the GPU's default launch configs (the interpreter's
+# defaults, or a config override): compile with them unset.
+CONFIG_ENV_VARS = ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG")
 
 
 class KernelCase(NamedTuple):
@@ -76,7 +79,7 @@ def sass_instructions(cubin: bytes) -> list[str]:
 
 def kernel_cases(n: int = N_BENCH, k: int = K_BENCH) -> list[KernelCase]:
     """Every kernel at its default launch config for N = n, K = k, at D = 8 (FMA path) and
-    D = 64 (tl.dot path, fp32 and tf32x3): 12 cases."""
+    D = 64 (tl.dot path, fp32 and tf32x3): 12 cases. Call with CONFIG_ENV_VARS unset."""
     from . import ns_fused_triton as nf
     from . import ns_loss_triton as nt
     from . import search_triton as st
