@@ -6,13 +6,14 @@ in this working tree with a commit's, on a machine without a GPU.
     python bench/sass_compare.py 3916c5c --triton-path .cache/triton-gpu   # under the GPU image's Triton
     ... --json reports/bench/sass_vs_3916c5c.json
 
-Each kernel of pipeline/kernels/sm90.py's kernel_cases(), at the working tree's default launch
-configs, is compiled in both trees (the commit's as a temporary git worktree), disassembled
+Each kernel of pipeline/kernels/sm90.py's kernel_cases(), as the working tree launches it at its
+default configs, is compiled in both trees (the commit's as a temporary git worktree), disassembled
 without addresses and encodings, and compared. A kernel whose SASS is identical runs exactly
 as it did, so its measured GPU times still hold; "registers renamed" (the same instructions
 in the same order with other register numbers) does the same work. Host-side code around the
-kernels is not covered. A
-kernel the commit lacks, or that takes other arguments there, is reported as not comparable.
+kernels is not covered. A kernel the commit lacks, or that takes other arguments there, is
+reported as not comparable. Beside the verdicts it prints (and writes) the working tree's
+registers, stack and shared memory per kernel.
 """
 from __future__ import annotations
 
@@ -72,10 +73,11 @@ def dump(root: str) -> dict:
     for s in json.load(sys.stdin):
         try:
             fn = getattr(importlib.import_module(s["module"]), s["name"])
-            sass = sm90.sass_instructions(sm90.compile_sm90(fn, s["signature"], s["constexprs"],
-                                                            s["num_warps"], s["num_stages"]))
+            cubin = sm90.compile_sm90(fn, s["signature"], s["constexprs"], s["num_warps"], s["num_stages"])
+            sass = sm90.sass_instructions(cubin)
             renamed = [re.sub(r"\b(U?R|U?P)\d+\b", r"\1", ins) for ins in sass]    # register numbers out
-            out[s["label"]] = {"instructions": len(sass), "sha1": _sha1(sass), "sha1_no_regs": _sha1(renamed)}
+            out[s["label"]] = {"instructions": len(sass), "sha1": _sha1(sass), "sha1_no_regs": _sha1(renamed),
+                               **sm90.resource_usage(cubin)}
         except Exception as e:      # absent at that commit, or other arguments: not comparable
             out[s["label"]] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
     import triton
@@ -119,11 +121,14 @@ def main() -> None:
     for s in spec:
         h, t = here["kernels"][s["label"]], there["kernels"][s["label"]]
         rows.append(dict(kernel=s["label"], instructions=h.get("instructions"), instructions_at_rev=t.get("instructions"),
-                         sass=verdict(h, t), note=t.get("error") or h.get("error") or ""))
+                         sass=verdict(h, t), note=t.get("error") or h.get("error") or "",
+                         **{key: h.get(key) for key in ("regs", "stack", "shared")}))     # the working tree's
     print(f"working tree vs {a.rev} ({commit[:10]}), Triton {here['triton']}, sm_90, default launch configs")
-    print(f"{'kernel':42s} {'instr':>6s} {'at rev':>6s}  SASS")
+    print(f"{'kernel':42s} {'regs':>4s} {'stack':>5s} {'shared':>6s} {'instr':>6s} {'at rev':>6s}  SASS")
     for r in rows:
-        print(f"{r['kernel']:42s} {r['instructions'] or '-':>6} {r['instructions_at_rev'] or '-':>6}  {r['sass']}"
+        print(f"{r['kernel']:42s} {r['regs'] or '-':>4} {r['stack'] if r['stack'] is not None else '-':>5} "
+              f"{r['shared'] if r['shared'] is not None else '-':>6} "
+              f"{r['instructions'] or '-':>6} {r['instructions_at_rev'] or '-':>6}  {r['sass']}"
               + (f"  ({r['note']})" if r["note"] else ""))
     if a.json:
         Path(a.json).write_text(json.dumps(dict(rev=a.rev, commit=commit, triton=here["triton"], target="sm_90",

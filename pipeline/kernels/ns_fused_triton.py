@@ -24,8 +24,8 @@ pass 2 4) at the price of one select and a few ops per score on top of pass 1.
 The dot path (D > 16) clamps distances at 0 (scores at -||z||^2) before the exponent, as pass 1
 does; the argmin is taken on the unclamped scores, as the search does. Slots start at FLT_MAX
 rather than +inf so that a padded code (score +inf) never updates one and never makes
-inf - inf. Launch config: default_ns_config's F_* keys (rows per program, warps, the dot
-path's D chunk) with the pack width R_BLOCK_K.
+inf - inf. Launch config: default_ns_config's F_* keys (rows per program, warps, stages, the
+dot path's D chunk) with the pack width R_BLOCK_K.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .ns_loss_triton import _dot_scores, empty_stats, load_row_block, ns_codes_pass, prepare_ns
-from .search_triton import (_exact_dist, _finish_argmin, _next_pow2, device_guard, dot_block_d, exact_dist_cols,
+from .ns_loss_triton import NSShape, _dot_scores, empty_stats, load_row_block, ns_codes_pass, prepare_ns
+from .search_triton import (Launch, _exact_dist, _finish_argmin, _next_pow2, device_guard, dot_block_d, exact_dist_cols,
                             load_code_tile, tile_scores)
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)   # a jit global must be a constexpr (compiled, not interpreted)
@@ -158,6 +158,18 @@ def fused_block_d(cfg: dict, d: int) -> int:
     return bd
 
 
+def fused_rows_launch(S: NSShape) -> Launch:
+    """The fused search + pass 1 (one program per F_BLOCK_N rows)."""
+    cfg = S.cfg
+    grid = (triton.cdiv(S.n, cfg["F_BLOCK_N"]),)
+    opts = (cfg["F_num_warps"], cfg["F_num_stages"])
+    if S.use_dot:
+        return Launch(_ns_fused_rows_dot_kernel, grid,
+                      dict(D=S.d, DP=S.dp, BLOCK_D=fused_block_d(cfg, S.d), BLOCK_N=cfg["F_BLOCK_N"], BLOCK_K=S.pbk,
+                           PRECISION=cfg["precision"], BLOCK_DD=min(64, _next_pow2(S.d))), *opts)
+    return Launch(_ns_fused_rows_kernel, grid, dict(D=S.d, BLOCK_N=cfg["F_BLOCK_N"], BLOCK_K=S.pbk), *opts)
+
+
 @torch.no_grad()
 def ns_search_stats_triton(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, *,
                            config: dict | None = None):
@@ -172,18 +184,8 @@ def ns_search_stats_triton(z: torch.Tensor, codebook: torch.Tensor, tau: float, 
             return (idx, dist, *empty_stats(L))
         zsq = torch.empty(L.n, dtype=torch.float32, device=dev)
         crow = torch.empty(L.n, dtype=torch.float32, device=dev)
-        cfg = L.cfg
         a = -L.neg_a                  # log2(e) / tau
-        grid = (triton.cdiv(L.n, cfg["F_BLOCK_N"]),)
-        if L.use_dot:
-            _ns_fused_rows_dot_kernel[grid](L.z, L.packed, L.e, idx, dist, zsq, crow, L.n, L.t, a, L.log2_lamk,
-                                            D=L.d, DP=L.dp, BLOCK_D=fused_block_d(cfg, L.d), BLOCK_N=cfg["F_BLOCK_N"],
-                                            BLOCK_K=L.pbk, PRECISION=cfg["precision"],
-                                            BLOCK_DD=min(64, _next_pow2(L.d)), num_warps=cfg["F_num_warps"])
-        else:
-            _ns_fused_rows_kernel[grid](L.z, L.packed, L.e, idx, dist, zsq, crow, L.n, L.t, a, L.log2_lamk,
-                                        D=L.d, BLOCK_N=cfg["F_BLOCK_N"], BLOCK_K=L.pbk,
-                                        num_warps=cfg["F_num_warps"])
+        fused_rows_launch(L)(L.z, L.packed, L.e, idx, dist, zsq, crow, L.n, L.t, a, L.log2_lamk)
         return (idx, dist, *ns_codes_pass(L, idx, zsq, crow))
 
 
@@ -198,7 +200,8 @@ def sweep_configs(d: int) -> list[dict]:
     cfgs = [dict(F_BLOCK_N=bn, F_num_warps=nw, R_BLOCK_K=bk)
             for bn, bk, nw in ((64, 64, 8), (64, 64, 4), (32, 64, 4), (128, 64, 8), (64, 32, 4))]
     return (cfgs + [dict(cfgs[0], F_BLOCK_D=16)]
-            + [dict(c, precision="tf32x3") for c in cfgs] + [dict(cfgs[0], precision="tf32x3", F_BLOCK_D=32)])
+            + [dict(c, precision="tf32x3") for c in cfgs] + [dict(cfgs[0], precision="tf32x3", F_BLOCK_D=32)]
+            + [dict(cfgs[0], F_num_stages=1), dict(cfgs[0], precision="tf32x3", F_num_stages=1)])
 
 
 def _cli(argv=None) -> int:

@@ -41,13 +41,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .search_triton import (FMA_MAX_D, _interpret, _num_sms, apply_env_config, check_precision, device_guard,
-                            dot_block_d, load_code_tile, load_z_cols, pack_codebook, padded_dim, tile_scores)
+from .search_triton import (FMA_MAX_D, TRITON_DEFAULT_STAGES, Launch, _interpret, _num_sms, apply_env_config,
+                            check_precision, code_tiles, device_guard, dot_block_d, load_code_tile, load_z_cols,
+                            pack_codebook, padded_dim, tile_scores)
 
 LOG2E = 1.4426950408889634
 
@@ -532,12 +534,13 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
     """Launch config of both passes; ``NSVQ_NS_CONFIG="R_BLOCK_N=64,C_SPLIT=4"`` overrides keys.
 
     R_*: pass 1 (rows): BLOCK_N rows per program, BLOCK_K codes per tile (also the pack width
-    PBK), num_warps. F_*: the fused search + pass 1 of ns_fused_triton: BLOCK_N, num_warps,
-    BLOCK_D (dot path D chunk, 0 = auto; its code tile is the pack width R_BLOCK_K).
+    PBK), num_warps, num_stages. F_*: the fused search + pass 1 of ns_fused_triton: BLOCK_N,
+    num_warps, num_stages, BLOCK_D (dot path D chunk, 0 = auto; its code tile is the pack width
+    R_BLOCK_K).
     C_*: pass 2 (codes): BLOCK_K codes per program (FMA path: each thread owns
     BLOCK_K / (32 num_warps) codes), BLOCK_R rows per step (FMA path: 2, rows are streamed in
     pairs; dot path: the tl.dot M dimension, >= 16), num_warps, SPLIT row ranges per code block
-    (partials summed on the host in a fixed order; 0 = auto, about 16 warps per SM).
+    (partials summed on the host in a fixed order; 0 = auto, about 16 warps per SM), num_stages.
     precision: the dot path's tl.dot input precision (D > 16), "ieee" (fp32 FMA on the CUDA
     cores, the default) or "tf32x3" (3-pass split TF32 on the tensor cores, relative error
     about 2^-21 per product); the FMA path (D <= 16) is fp32 whatever this says.
@@ -563,16 +566,18 @@ def default_ns_config(n: int, k: int, d: int) -> dict:
     cfg["F_BLOCK_N"] = cfg["R_BLOCK_N"]
     cfg["F_num_warps"] = cfg["R_num_warps"]
     cfg["F_BLOCK_D"] = 0      # auto (ns_fused_triton.fused_block_d)
+    # Triton's default, which these launches compiled with before they named it (the H100 figures
+    # in reports/bench); it only changes the dot path (D > 16), where the sweep also tries 1
+    cfg.update(R_num_stages=TRITON_DEFAULT_STAGES, C_num_stages=TRITON_DEFAULT_STAGES,
+               F_num_stages=TRITON_DEFAULT_STAGES)
     cfg["precision"] = "ieee"
     return apply_env_config(cfg, "NSVQ_NS_CONFIG", ("precision",))
 
 
 @dataclass
-class NSLaunch:
-    """What both passes need, prepared once per call: fp32 contiguous inputs, the merged config
-    and the packed codebook (shared by pass 1, or the fused search pass, and pass 2)."""
-    z: torch.Tensor
-    e: torch.Tensor
+class NSShape:
+    """The static part of an NS call, which fixes its launches: sizes, the merged config and the
+    packed codebook's layout (padded D, tile width PBK, T tiles)."""
     n: int
     k: int
     d: int
@@ -580,8 +585,26 @@ class NSLaunch:
     use_dot: bool
     dp: int
     pbk: int
-    packed: torch.Tensor | None
     t: int
+
+
+def ns_shape(n: int, k: int, d: int, config: dict | None, who: str) -> NSShape:
+    """``config`` merged into default_ns_config (the precision checked; errors name ``who``)."""
+    cfg = default_ns_config(n, k, d)
+    if config:
+        cfg.update(config)
+    check_precision(cfg, who)
+    use_dot = d > FMA_MAX_D
+    return NSShape(n, k, d, cfg, use_dot, padded_dim(d, use_dot), cfg["R_BLOCK_K"], code_tiles(k, cfg["R_BLOCK_K"]))
+
+
+@dataclass
+class NSLaunch(NSShape):
+    """What both passes need, prepared once per call: the shape, fp32 contiguous inputs and the
+    packed codebook (shared by pass 1, or the fused search pass, and pass 2)."""
+    z: torch.Tensor
+    e: torch.Tensor
+    packed: torch.Tensor | None
     neg_a: float
     log2_lamk: float
 
@@ -599,21 +622,15 @@ def prepare_ns(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, 
         raise ValueError(f"{who}: tau must be > 0")
     z = z.detach().float().contiguous()
     e = codebook.detach().float().contiguous()
-    n, d = z.shape
-    k = e.shape[0]
-    cfg = default_ns_config(n, k, d)
-    if config:
-        cfg.update(config)
-    check_precision(cfg, who)
-    use_dot = d > FMA_MAX_D
-    dp = padded_dim(d, use_dot)
-    pbk = cfg["R_BLOCK_K"]
-    packed, t = (None, 0) if n == 0 else pack_codebook(e, dp, pbk)
-    if packed is not None and packed.numel() >= 2**31:
-        raise ValueError(f"{who}: K * D too large for int32 offsets")
-    lamk = float(lam) * k
-    return NSLaunch(z, e, n, k, d, cfg, use_dot, dp, pbk, packed, t, -LOG2E / float(tau),
-                    math.log2(lamk) if lamk > 0 else float("-inf"))
+    shape = ns_shape(z.shape[0], e.shape[0], z.shape[1], config, who)
+    packed = None
+    if shape.n:
+        packed, _ = pack_codebook(e, shape.dp, shape.pbk)
+        if packed.numel() >= 2**31:
+            raise ValueError(f"{who}: K * D too large for int32 offsets")
+    lamk = float(lam) * shape.k
+    return NSLaunch(**vars(shape), z=z, e=e, packed=packed, neg_a=-LOG2E / float(tau),
+                    log2_lamk=math.log2(lamk) if lamk > 0 else float("-inf"))
 
 
 def empty_stats(L: NSLaunch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -635,49 +652,63 @@ def ns_loss_stats_triton(z: torch.Tensor, codebook: torch.Tensor, winner: torch.
             raise ValueError("ns_loss_stats_triton: winner must have N entries")
         zsq = torch.empty(L.n, dtype=torch.float32, device=L.z.device)
         crow = torch.empty(L.n, dtype=torch.float32, device=L.z.device)
-        cfg = L.cfg
-        grid1 = (triton.cdiv(L.n, cfg["R_BLOCK_N"]),)
-        if L.use_dot:
-            block_d1 = min(32, dot_block_d(L.d))  # 32 keeps the FMA-dot operands in registers
-            _ns_rows_dot_kernel[grid1](L.z, L.packed, win, zsq, crow, L.n, L.t, L.neg_a, L.log2_lamk,
-                                       D=L.d, DP=L.dp, BLOCK_D=block_d1, BLOCK_N=cfg["R_BLOCK_N"],
-                                       BLOCK_K=L.pbk, PRECISION=cfg["precision"],
-                                       num_warps=cfg["R_num_warps"])
-        else:
-            _ns_rows_kernel[grid1](L.z, L.packed, win, zsq, crow, L.n, L.t, L.neg_a, L.log2_lamk,
-                                   D=L.d, BLOCK_N=cfg["R_BLOCK_N"], BLOCK_K=L.pbk,
-                                   num_warps=cfg["R_num_warps"])
+        ns_rows_launch(L)(L.z, L.packed, win, zsq, crow, L.n, L.t, L.neg_a, L.log2_lamk)
         return ns_codes_pass(L, win, zsq, crow)
+
+
+def ns_rows_launch(S: NSShape) -> Launch:
+    """Pass 1 (one program per R_BLOCK_N rows)."""
+    cfg = S.cfg
+    grid = (triton.cdiv(S.n, cfg["R_BLOCK_N"]),)
+    opts = (cfg["R_num_warps"], cfg["R_num_stages"])
+    if S.use_dot:
+        block_d = min(32, dot_block_d(S.d))  # 32 keeps the FMA-dot operands in registers
+        return Launch(_ns_rows_dot_kernel, grid, dict(D=S.d, DP=S.dp, BLOCK_D=block_d, BLOCK_N=cfg["R_BLOCK_N"],
+                                                      BLOCK_K=S.pbk, PRECISION=cfg["precision"]), *opts)
+    return Launch(_ns_rows_kernel, grid, dict(D=S.d, BLOCK_N=cfg["R_BLOCK_N"], BLOCK_K=S.pbk), *opts)
+
+
+class CodesPlan(NamedTuple):
+    launch: Launch
+    rows_per_split: int        # a runtime argument of the kernel
+    split: int                 # row ranges per code block (partials summed on the host)
+    programs_k: int            # code blocks
+
+
+def plan_codes_pass(S: NSShape, num_sms: int) -> CodesPlan:
+    """Pass 2 on a GPU with ``num_sms`` SMs (C_SPLIT = 0: about 16 warps per SM, at least 64
+    rows per split)."""
+    cfg, n, d = S.cfg, S.n, S.d
+    bk2 = S.pbk if S.use_dot else cfg["C_BLOCK_K"]
+    br = cfg["C_BLOCK_R"]
+    nprog_k = S.t if S.use_dot else triton.cdiv(S.k, bk2)
+    split = int(cfg["C_SPLIT"])
+    if split <= 0:
+        warps = max(1, nprog_k * cfg["C_num_warps"])
+        split = max(1, min(16 * num_sms // warps, triton.cdiv(n, 64)))
+    rows_per_split = triton.cdiv(triton.cdiv(n, split), br) * br
+    split = triton.cdiv(n, rows_per_split)
+    grid = (nprog_k, split)
+    opts = (cfg["C_num_warps"], cfg["C_num_stages"])
+    if S.use_dot:
+        launch = Launch(_ns_codes_dot_kernel, grid, dict(D=d, DP=S.dp, BLOCK_D=dot_block_d(d), BLOCK_R=br,
+                                                         BLOCK_K=S.pbk, PRECISION=cfg["precision"]), *opts)
+    else:
+        launch = Launch(_ns_codes_kernel, grid, dict(D=d, PBK=S.pbk, BLOCK_K=bk2), *opts)
+    return CodesPlan(launch, rows_per_split, split, nprog_k)
 
 
 def ns_codes_pass(L: NSLaunch, win: torch.Tensor, zsq: torch.Tensor, crow: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pass 2 from the per-row winner, ||z||^2 and C of pass 1: (total, s, M)."""
-    cfg, n, k, d, dev = L.cfg, L.n, L.k, L.d, L.z.device
-    bk2 = L.pbk if L.use_dot else cfg["C_BLOCK_K"]
-    br = cfg["C_BLOCK_R"]
-    nprog_k = L.t if L.use_dot else triton.cdiv(k, bk2)
-    split = int(cfg["C_SPLIT"])
-    if split <= 0:  # auto: about 16 warps per SM, at least 64 rows per split
-        warps = max(1, nprog_k * cfg["C_num_warps"])
-        split = max(1, min(16 * _num_sms(dev) // warps, triton.cdiv(n, 64)))
-    rows_per_split = triton.cdiv(triton.cdiv(n, split), br) * br
-    split = triton.cdiv(n, rows_per_split)
-    s_part = torch.empty((split, k), dtype=torch.float32, device=dev)
-    m_part = torch.empty((split, k, d), dtype=torch.float32, device=dev)
-    t_part = torch.empty((split * nprog_k,), dtype=torch.float32, device=dev)
-    grid2 = (nprog_k, split)
-    if L.use_dot:
-        _ns_codes_dot_kernel[grid2](L.z, win, zsq, crow, L.packed, s_part, m_part, t_part,
-                                    n, k, rows_per_split, L.neg_a,
-                                    D=d, DP=L.dp, BLOCK_D=dot_block_d(d), BLOCK_R=br, BLOCK_K=L.pbk,
-                                    PRECISION=cfg["precision"], num_warps=cfg["C_num_warps"])
-    else:
-        _ns_codes_kernel[grid2](L.z, win, zsq, crow, L.packed, s_part, m_part, t_part,
-                                n, k, rows_per_split, L.neg_a,
-                                D=d, PBK=L.pbk, BLOCK_K=bk2, num_warps=cfg["C_num_warps"])
+    plan = plan_codes_pass(L, _num_sms(L.z.device))
+    dev = L.z.device
+    s_part = torch.empty((plan.split, L.k), dtype=torch.float32, device=dev)
+    m_part = torch.empty((plan.split, L.k, L.d), dtype=torch.float32, device=dev)
+    t_part = torch.empty((plan.split * plan.programs_k,), dtype=torch.float32, device=dev)
+    plan.launch(L.z, win, zsq, crow, L.packed, s_part, m_part, t_part, L.n, L.k, plan.rows_per_split, L.neg_a)
     total = t_part.sum()
-    if split == 1:
+    if plan.split == 1:
         return total, s_part[0], m_part[0]
     return total, s_part.sum(0), m_part.sum(0)
 
@@ -704,6 +735,10 @@ def sweep_configs(d: int) -> list[dict]:
         codes += [dict(precision="tf32x3", R_BLOCK_N=bn, R_BLOCK_K=bk, R_num_warps=nw, C_BLOCK_R=br,
                        C_num_warps=cw)
                   for bn, bk, nw, br, cw in ((64, 64, 4, 32, 4), (128, 64, 8, 64, 4), (64, 64, 4, 64, 8))]
+        # the default shapes without software pipelining (sm_90 SASS: pass 2 "ieee" spills 240
+        # bytes per thread at 3 stages and none at 1; which is faster is the GPU's to say)
+        codes += [dict(R_num_stages=1), dict(C_num_stages=1),
+                  dict(precision="tf32x3", R_num_stages=1, C_num_stages=1)]
     return rows + codes
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -54,6 +55,9 @@ import triton.language as tl
 FMA_MAX_D = 16
 # tl.dot input precisions the kernels accept; plain "tf32" would need an exact fp32 re-check.
 DOT_PRECISIONS = ("ieee", "tf32x3")
+# Triton's num_stages on CUDA when a launch names none. The NS-loss and merge launches ran with it
+# before they named it, the H100 figures in reports/bench included.
+TRITON_DEFAULT_STAGES = 3
 
 
 def _interpret() -> bool:
@@ -101,13 +105,17 @@ def padded_dim(d: int, use_dot: bool, cap: int = 64) -> int:
     return -(-d // bd) * bd
 
 
-def pack_codebook(codebook: torch.Tensor, dp: int, block_k: int) -> tuple[torch.Tensor, int]:
-    """Packed tiles (T, dp + 1, block_k) fp32 (see _pack_codebook_kernel) and T.
-
-    T is rounded up to an even count (the two-buffer loops consume tiles in pairs)."""
-    k, d = codebook.shape
+def code_tiles(k: int, block_k: int) -> int:
+    """T, the packed codebook's tile count: ceil(K / block_k) rounded up to an even count (the
+    two-buffer loops consume tiles in pairs)."""
     t = -(-k // block_k)
-    t += t % 2
+    return t + t % 2
+
+
+def pack_codebook(codebook: torch.Tensor, dp: int, block_k: int) -> tuple[torch.Tensor, int]:
+    """Packed tiles (T, dp + 1, block_k) fp32 (see _pack_codebook_kernel) and T (code_tiles)."""
+    k, d = codebook.shape
+    t = code_tiles(k, block_k)
     packed = torch.empty((t, dp + 1, block_k), dtype=torch.float32, device=codebook.device)
     block_dp = min(64 if block_k <= 64 else 32, _next_pow2(dp))
     _pack_codebook_kernel[(t,)](codebook, packed, k, D=d, DP=dp, BLOCK_DP=block_dp,
@@ -472,6 +480,63 @@ def device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+class Launch(NamedTuple):
+    """The static part of one kernel launch: the kernel, its grid, constexprs and compile
+    options. The host code launches it; pipeline/kernels/sm90.py compiles the same thing for
+    the H100 without a GPU, so the two cannot drift apart."""
+    kernel: object             # a triton.JITFunction
+    grid: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+    def __call__(self, *args):
+        return self.kernel[self.grid](*args, **self.constexprs, num_warps=self.num_warps,
+                                      num_stages=self.num_stages)
+
+
+class SearchPlan(NamedTuple):
+    search: Launch
+    merge: Launch | None       # split-K merge, when the code tiles are split across programs
+    t_split: int               # code tiles per split (a runtime argument of the search kernel)
+    split: int
+    dp: int                    # the packed codebook's layout: padded D and tile width
+    block_k: int
+
+
+def plan_search(n: int, k: int, d: int, cfg: dict, num_sms: int) -> SearchPlan:
+    """The launches of nearest_code_triton for N = n, K = k, D = d, the merged config ``cfg``,
+    on a GPU with ``num_sms`` SMs (SPLIT_K = 0 splits the codes when there are too few row tiles
+    for about two programs per SM)."""
+    use_dot = cfg["path"] == "dot"
+    bn, bkk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    dp = padded_dim(d, use_dot)
+    t = code_tiles(k, bkk)
+    row_tiles = triton.cdiv(n, bn)
+    split = int(cfg["SPLIT_K"])
+    if split <= 0:  # auto: about two programs per SM
+        target = 2 * num_sms
+        split = triton.cdiv(target, row_tiles) if row_tiles < target else 1
+    split = max(1, min(split, t))
+    t_split = -(-t // split)                 # code tiles per split
+    split = -(-t // t_split)
+    block_dd = min(64, _next_pow2(d))
+    if use_dot:
+        search = Launch(_search_dot_kernel, (row_tiles, split),
+                        dict(D=d, DP=dp, BLOCK_D=dot_block_d(d), BLOCK_N=bn, BLOCK_K=bkk, SPLIT=split > 1,
+                             PRECISION=cfg["precision"], BLOCK_DD=block_dd),
+                        cfg["num_warps"], cfg["num_stages"])
+    else:
+        search = Launch(_search_fma_kernel, (row_tiles, split),
+                        dict(D=d, BLOCK_N=bn, BLOCK_K=bkk, SPLIT=split > 1), cfg["num_warps"], cfg["num_stages"])
+    merge = None
+    if split > 1:
+        mb = 64
+        merge = Launch(_merge_kernel, (triton.cdiv(n, mb),), dict(D=d, BLOCK_N=mb, BLOCK_DD=block_dd), 4,
+                       TRITON_DEFAULT_STAGES)
+    return SearchPlan(search, merge, t_split, split, dp, bkk)
+
+
 @torch.no_grad()
 def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, *, config: dict | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -502,42 +567,20 @@ def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, config: dict |
     if config:
         cfg.update(config)
     check_precision(cfg, "nearest_code_triton")
-    use_dot = cfg["path"] == "dot"
-    if not use_dot and d > FMA_MAX_D:
+    if cfg["path"] != "dot" and d > FMA_MAX_D:
         raise ValueError(f"nearest_code_triton: the fma path supports D <= {FMA_MAX_D}")
-    bn, bkk = cfg["BLOCK_N"], cfg["BLOCK_K"]
-    dp = padded_dim(d, use_dot)
-    packed, t = pack_codebook(cb, dp, bkk)
+    plan = plan_search(n, k, d, cfg, _num_sms(z.device))
+    packed, t = pack_codebook(cb, plan.dp, plan.block_k)
     if packed.numel() >= 2**31:
         raise ValueError("nearest_code_triton: K * D too large for int32 offsets")
-    row_tiles = triton.cdiv(n, bn)
-    split = int(cfg["SPLIT_K"])
-    if split <= 0:  # auto: about two programs per SM
-        target = 2 * _num_sms(z.device)
-        split = triton.cdiv(target, row_tiles) if row_tiles < target else 1
-    split = max(1, min(split, t))
-    t_split = -(-t // split)                 # code tiles per split
-    split = -(-t // t_split)
-    grid = (row_tiles, split)
-    if split > 1:
-        pval = torch.empty((split, n), dtype=torch.float32, device=z.device)
-        pidx = torch.empty((split, n), dtype=torch.int32, device=z.device)
+    if plan.merge:
+        pval = torch.empty((plan.split, n), dtype=torch.float32, device=z.device)
+        pidx = torch.empty((plan.split, n), dtype=torch.int32, device=z.device)
     else:
         pval, pidx = dist, idx  # unused
-    block_dd = min(64, _next_pow2(d))
-    launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if use_dot:
-        _search_dot_kernel[grid](z, packed, cb, idx, dist, pval, pidx, n, t, t_split,
-                                 D=d, DP=dp, BLOCK_D=dot_block_d(d), BLOCK_N=bn, BLOCK_K=bkk,
-                                 SPLIT=split > 1, PRECISION=cfg["precision"], BLOCK_DD=block_dd,
-                                 **launch)
-    else:
-        _search_fma_kernel[grid](z, packed, cb, idx, dist, pval, pidx, n, t, t_split,
-                                 D=d, BLOCK_N=bn, BLOCK_K=bkk, SPLIT=split > 1, **launch)
-    if split > 1:
-        mb = 64
-        _merge_kernel[(triton.cdiv(n, mb),)](z, cb, pval, pidx, idx, dist, n, split,
-                                             D=d, BLOCK_N=mb, BLOCK_DD=block_dd, num_warps=4)
+    plan.search(z, packed, cb, idx, dist, pval, pidx, n, t, plan.t_split)
+    if plan.merge:
+        plan.merge(z, cb, pval, pidx, idx, dist, n, plan.split)
     return idx, dist
 
 

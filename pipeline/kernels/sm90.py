@@ -2,9 +2,9 @@
 
 Triton ships ptxas and cuobjdump, so the real compile to a cubin runs on the CPU. Two uses:
 
-- tests/test_kernels_compile.py: every kernel compiles at its default launch config, and its
+- tests/test_kernels_compile.py: every kernel compiles at its default launch config, its
   per-thread stack (register spills, which become local-memory traffic in the hot loop) stays
-  bounded;
+  bounded, and its shared memory fits an H100 block (a launch asking for more fails on the GPU);
 - bench/sass_compare.py: whether a change altered the machine code at all. A refactor that
   leaves a kernel's SASS identical leaves the GPU timings measured before it valid.
 
@@ -19,6 +19,8 @@ import tempfile
 from typing import NamedTuple
 
 N_BENCH, K_BENCH = 16_384, 65_536      # the issue's quantizer-step size
+H100_SMS = 132                          # H100 SXM: the auto split-K / split-rows choices depend on it
+H100_MAX_SHARED = 232_448               # bytes of shared memory one block may use (227 KB, opt-in)
 # Set, these move kernel_cases() off the GPU's default launch configs (the interpreter's
 # defaults, or a config override): compile with them unset.
 CONFIG_ENV_VARS = ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG")
@@ -33,7 +35,12 @@ class KernelCase(NamedTuple):
     num_stages: int
 
 
-def compile_sm90(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int = 1) -> bytes:
+class Cubin(NamedTuple):
+    data: bytes
+    shared: int                # dynamic shared memory per block (bytes), which the launch must fit
+
+
+def compile_sm90(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int) -> Cubin:
     """The sm_90 cubin of ``fn`` specialized on ``constexprs``."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -43,30 +50,31 @@ def compile_sm90(fn, signature: dict, constexprs: dict, num_warps: int, num_stag
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
-    return compiled.asm["cubin"]
+    return Cubin(compiled.asm["cubin"], compiled.metadata.shared)
 
 
-def _cuobjdump(cubin: bytes, flag: str) -> str:
+def _cuobjdump(cubin: Cubin, flag: str) -> str:
     import triton
 
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
-            f.write(cubin)
+            f.write(cubin.data)
         return subprocess.run([tool, flag, path], capture_output=True, text=True, check=True).stdout
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """{"regs", "stack"}: registers and stack bytes per thread (cuobjdump -res-usage)."""
+def resource_usage(cubin: Cubin) -> dict:
+    """{"regs", "stack", "shared"}: registers and stack bytes per thread (cuobjdump -res-usage),
+    shared memory bytes per block."""
     usage = _cuobjdump(cubin, "-res-usage")
     m = re.search(r"REG:(\d+)\s+STACK:(\d+)", usage)
     if not m:
         raise RuntimeError(f"no REG/STACK in cuobjdump's resource usage:\n{usage}")
-    return {"regs": int(m.group(1)), "stack": int(m.group(2))}
+    return {"regs": int(m.group(1)), "stack": int(m.group(2)), "shared": cubin.shared}
 
 
-def sass_instructions(cubin: bytes) -> list[str]:
+def sass_instructions(cubin: Cubin) -> list[str]:
     """The SASS instructions in order, without addresses and encodings, so that two builds of
     the same code compare equal."""
     out = []
@@ -77,57 +85,58 @@ def sass_instructions(cubin: bytes) -> list[str]:
     return out
 
 
+_F32, _I32, _I64 = "*fp32", "*i32", "*i64"
+_SEARCH_SIG = dict(z_ptr=_F32, p_ptr=_F32, cb_ptr=_F32, idx_ptr=_I64, dist_ptr=_F32, pval_ptr=_F32, pidx_ptr=_I32,
+                   N="i32", T="i32", T_SPLIT="i32")
+_SIGNATURES = {        # runtime arguments by kernel name, as the host code passes them
+    "_search_fma_kernel": _SEARCH_SIG,
+    "_search_dot_kernel": _SEARCH_SIG,
+    "_merge_kernel": dict(z_ptr=_F32, cb_ptr=_F32, pval_ptr=_F32, pidx_ptr=_I32, idx_ptr=_I64, dist_ptr=_F32,
+                          N="i32", S="i32"),
+    "_ns_rows_kernel": (rows := dict(z_ptr=_F32, p_ptr=_F32, win_ptr=_I32, zsq_ptr=_F32, crow_ptr=_F32, N="i32",
+                                     T="i32", neg_a="fp32", log2_lamk="fp32")),
+    "_ns_rows_dot_kernel": rows,
+    "_ns_codes_kernel": (codes := dict(z_ptr=_F32, win_ptr=_I64, zsq_ptr=_F32, crow_ptr=_F32, p_ptr=_F32,
+                                       s_ptr=_F32, m_ptr=_F32, tot_ptr=_F32, N="i32", K="i32",
+                                       ROWS_PER_SPLIT="i32", neg_a="fp32")),
+    "_ns_codes_dot_kernel": codes,
+    "_ns_fused_rows_kernel": (fused := dict(z_ptr=_F32, p_ptr=_F32, cb_ptr=_F32, idx_ptr=_I64, dist_ptr=_F32,
+                                            zsq_ptr=_F32, crow_ptr=_F32, N="i32", T="i32", a="fp32",
+                                            log2_lamk="fp32")),
+    "_ns_fused_rows_dot_kernel": fused,
+}
+
+
+def case_of(label: str, launch) -> KernelCase:
+    """A kernel_cases entry from a launch the host code builds (search_triton.Launch)."""
+    fn = launch.kernel
+    return KernelCase(label, fn, _SIGNATURES[fn.fn.__name__], launch.constexprs, launch.num_warps,
+                      launch.num_stages)
+
+
 def kernel_cases(n: int = N_BENCH, k: int = K_BENCH) -> list[KernelCase]:
-    """Every kernel at its default launch config for N = n, K = k, at D = 8 (FMA path) and
-    D = 64 (tl.dot path, fp32 and tf32x3): 12 cases. Call with CONFIG_ENV_VARS unset."""
+    """Every kernel the quantizer step launches at N = n, K = k on an H100, with its default
+    launch config, at D = 8 (FMA path) and D = 64 (tl.dot path, fp32 and tf32x3): the search
+    (and its split-K merge, when the auto split applies), NS pass 1, pass 2 and the fused search +
+    pass 1. The constexprs and compile options come from the same planning functions the host
+    code launches through. Call with CONFIG_ENV_VARS unset."""
     from . import ns_fused_triton as nf
     from . import ns_loss_triton as nt
     from . import search_triton as st
 
-    f32, i32, i64 = "*fp32", "*i32", "*i64"
-    search_sig = dict(z_ptr=f32, p_ptr=f32, cb_ptr=f32, idx_ptr=i64, dist_ptr=f32, pval_ptr=f32, pidx_ptr=i32,
-                      N="i32", T="i32", T_SPLIT="i32")
-    rows_sig = dict(z_ptr=f32, p_ptr=f32, win_ptr=i32, zsq_ptr=f32, crow_ptr=f32, N="i32", T="i32",
-                    neg_a="fp32", log2_lamk="fp32")
-    codes_sig = dict(z_ptr=f32, win_ptr=i64, zsq_ptr=f32, crow_ptr=f32, p_ptr=f32, s_ptr=f32, m_ptr=f32,
-                     tot_ptr=f32, N="i32", K="i32", ROWS_PER_SPLIT="i32", neg_a="fp32")
-    fused_sig = dict(z_ptr=f32, p_ptr=f32, cb_ptr=f32, idx_ptr=i64, dist_ptr=f32, zsq_ptr=f32, crow_ptr=f32,
-                     N="i32", T="i32", a="fp32", log2_lamk="fp32")
     cases = []
     for d in (8, 64):
-        sc = st.default_config(n, k, d)
-        ns = nt.default_ns_config(n, k, d)
         dot = d > st.FMA_MAX_D
-        dp = st.padded_dim(d, dot)
+        path = "dot" if dot else "fma"
         for prec in ("ieee", "tf32x3") if dot else ("ieee",):
-            cfg = dict(ns, precision=prec)
             tag = f"D={d} {prec}"
-            if dot:
-                cases += [
-                    KernelCase(f"search dot {tag}", st._search_dot_kernel, search_sig,
-                               dict(D=d, DP=dp, BLOCK_D=st.dot_block_d(d), BLOCK_N=sc["BLOCK_N"],
-                                    BLOCK_K=sc["BLOCK_K"], SPLIT=False, PRECISION=prec, BLOCK_DD=64),
-                               sc["num_warps"], sc["num_stages"]),
-                    KernelCase(f"NS pass 1 dot {tag}", nt._ns_rows_dot_kernel, rows_sig,
-                               dict(D=d, DP=dp, BLOCK_D=min(32, st.dot_block_d(d)), BLOCK_N=cfg["R_BLOCK_N"],
-                                    BLOCK_K=cfg["R_BLOCK_K"], PRECISION=prec), cfg["R_num_warps"], 1),
-                    KernelCase(f"NS pass 2 dot {tag}", nt._ns_codes_dot_kernel, codes_sig,
-                               dict(D=d, DP=dp, BLOCK_D=st.dot_block_d(d), BLOCK_R=cfg["C_BLOCK_R"],
-                                    BLOCK_K=cfg["R_BLOCK_K"], PRECISION=prec), cfg["C_num_warps"], 1),
-                    KernelCase(f"fused search + NS pass 1 dot {tag}", nf._ns_fused_rows_dot_kernel, fused_sig,
-                               dict(D=d, DP=dp, BLOCK_D=nf.fused_block_d(cfg, d), BLOCK_N=cfg["F_BLOCK_N"],
-                                    BLOCK_K=cfg["R_BLOCK_K"], PRECISION=prec, BLOCK_DD=64), cfg["F_num_warps"], 1),
-                ]
-            else:
-                cases += [
-                    KernelCase(f"search fma {tag}", st._search_fma_kernel, search_sig,
-                               dict(D=d, BLOCK_N=sc["BLOCK_N"], BLOCK_K=sc["BLOCK_K"], SPLIT=False),
-                               sc["num_warps"], sc["num_stages"]),
-                    KernelCase(f"NS pass 1 {tag}", nt._ns_rows_kernel, rows_sig,
-                               dict(D=d, BLOCK_N=cfg["R_BLOCK_N"], BLOCK_K=cfg["R_BLOCK_K"]), cfg["R_num_warps"], 1),
-                    KernelCase(f"NS pass 2 {tag}", nt._ns_codes_kernel, codes_sig,
-                               dict(D=d, PBK=cfg["R_BLOCK_K"], BLOCK_K=cfg["C_BLOCK_K"]), cfg["C_num_warps"], 1),
-                    KernelCase(f"fused search + NS pass 1 {tag}", nf._ns_fused_rows_kernel, fused_sig,
-                               dict(D=d, BLOCK_N=cfg["F_BLOCK_N"], BLOCK_K=cfg["R_BLOCK_K"]), cfg["F_num_warps"], 1),
-                ]
+            plan = st.plan_search(n, k, d, dict(st.default_config(n, k, d), precision=prec), H100_SMS)
+            shape = nt.ns_shape(n, k, d, dict(precision=prec), "kernel_cases")
+            dot_tag = " dot" if dot else ""
+            cases += [case_of(f"search {path} {tag}", plan.search)]
+            if plan.merge and prec == "ieee":     # the merge has no precision
+                cases += [case_of(f"search merge D={d}", plan.merge)]
+            cases += [case_of(f"NS pass 1{dot_tag} {tag}", nt.ns_rows_launch(shape)),
+                      case_of(f"NS pass 2{dot_tag} {tag}", nt.plan_codes_pass(shape, H100_SMS).launch),
+                      case_of(f"fused search + NS pass 1{dot_tag} {tag}", nf.fused_rows_launch(shape))]
     return cases
