@@ -103,6 +103,21 @@ def test_sass_compare_tool_compares_every_kernel_with_a_commit(tmp_path):
                for r in rows), rows
 
 
+def test_sweep_resources_tool_compiles_the_sweeps_configs(tmp_path):
+    """bench/sweep_resources.py compiles each config the GPU sweep times, as the host code would
+    launch it (here only the fused kernel's D = 8 configs, to stay quick)."""
+    from pipeline.kernels.ns_fused_triton import sweep_configs
+
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep_resources.py"), "--d", "8",
+                           "--module", "ns_fused_triton", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows] == sweep_configs(8)
+    assert all(r["fits"] and r["regs"] > 0 and r["stack"] <= MAX_STACK_BYTES for r in rows), rows
+
+
 if __name__ == "__main__":      # the subprocess of test_every_kernel_compiles_under_the_gpu_images_triton
     import triton
 
