@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from .search_triton import (FMA_MAX_D, TRITON_DEFAULT_STAGES, Launch, _interpret, _num_sms, apply_env_config,
-                            check_precision, code_tiles, device_guard, dot_block_d, load_code_tile, load_z_cols,
+                            check_precision, code_tiles, device_guard, dot_block_d, dot_scores, load_code_tile, load_z_cols,
                             pack_codebook, padded_dim, tile_scores)
 
 LOG2E = 1.4426950408889634
@@ -401,35 +401,13 @@ def _ns_codes_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr, tot
 # DP > BLOCK_D).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _dot_scores(z_ptr, rows64, rmask, zt, tile, D: tl.constexpr, DP: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                USE_ZT: tl.constexpr, PRECISION: tl.constexpr):
-    """(BLOCK_N, BLOCK_K) scores ||e||^2 - 2 z.e for one packed tile; with USE_ZT (and DP ==
-    BLOCK_D) zt is the caller's z tile, else the z chunks are loaded here (L1/L2 hits)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_k = tl.arange(0, BLOCK_K)
-    sc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    if USE_ZT and DP == BLOCK_D:
-        ctile = tl.load(tile + offs_d[:, None] * BLOCK_K + offs_k[None, :])
-        sc = tl.dot(zt, ctile, sc, input_precision=PRECISION)
-    else:
-        for d0 in range(0, DP, BLOCK_D):
-            dd = d0 + offs_d
-            zc = tl.load(z_ptr + rows64[:, None] * D + dd[None, :],
-                         mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
-            ctile = tl.load(tile + dd[:, None] * BLOCK_K + offs_k[None, :])
-            sc = tl.dot(zc, ctile, sc, input_precision=PRECISION)
-    return sc + tl.load(tile + DP * BLOCK_K + offs_k)[None, :]
-
-
-@triton.jit
 def _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, cst, MODE: tl.constexpr,
                        D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     TILE: tl.constexpr = (DP + 1) * BLOCK_K
     acc = _sweep_init(MODE, BLOCK_N, BLOCK_K)
     for t in range(0, T):
-        sc = _dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
+        sc = dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
                          BLOCK_K, False, PRECISION)
         x = tl.maximum(sc, nzsq[:, None]) * neg_a
         acc = _sweep_add(acc, x, cst, MODE)
@@ -507,7 +485,7 @@ def _ns_codes_dot_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr,
             rows64 = rows.to(tl.int64)
             zc = tl.load(z_ptr + rows64[:, None] * D + dd[None, :],
                          mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
-            sc = _dot_scores(z_ptr, rows64, rmask, zc, tile, D, DP, BLOCK_D, BLOCK_R, BLOCK_K, True,
+            sc = dot_scores(z_ptr, rows64, rmask, zc, tile, D, DP, BLOCK_D, BLOCK_R, BLOCK_K, True,
                              PRECISION)
             zsq = tl.load(zsq_ptr + rows, mask=rmask, other=0.0)
             crow = tl.load(crow_ptr + rows, mask=rmask, other=float("-inf"))

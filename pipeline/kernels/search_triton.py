@@ -346,6 +346,29 @@ def _exact_dist(z_ptr, cb_ptr, rows64, rmask, idx64, D: tl.constexpr, BLOCK_N: t
 
 
 @triton.jit
+def dot_scores(z_ptr, rows64, rmask, zt, tile, D: tl.constexpr, DP: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+               USE_ZT: tl.constexpr, PRECISION: tl.constexpr):
+    """(BLOCK_N, BLOCK_K) scores ||e||^2 - 2 z.e for one packed tile, the tl.dot path's inner
+    step in the search, both NS passes and the fused pass. With USE_ZT (and DP == BLOCK_D) zt is
+    the caller's z tile, else the z chunks are loaded here (L1/L2 hits)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_K)
+    sc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    if USE_ZT and DP == BLOCK_D:
+        ctile = tl.load(tile + offs_d[:, None] * BLOCK_K + offs_k[None, :])
+        sc = tl.dot(zt, ctile, sc, input_precision=PRECISION)
+    else:
+        for d0 in range(0, DP, BLOCK_D):
+            dd = d0 + offs_d
+            zc = tl.load(z_ptr + rows64[:, None] * D + dd[None, :],
+                         mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
+            ctile = tl.load(tile + dd[:, None] * BLOCK_K + offs_k[None, :])
+            sc = tl.dot(zc, ctile, sc, input_precision=PRECISION)
+    return sc + tl.load(tile + DP * BLOCK_K + offs_k)[None, :]
+
+
+@triton.jit
 def _search_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, pval_ptr, pidx_ptr,
                        N, T, T_SPLIT,
                        D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -370,19 +393,8 @@ def _search_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, pval_ptr, pidx_p
     t_lo = pid_s * T_SPLIT
     t_hi = tl.minimum(t_lo + T_SPLIT, T)
     for t in range(t_lo, t_hi):
-        tile = p_ptr + t * TILE
-        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        if DP == BLOCK_D:
-            ctile = tl.load(tile + offs_d[:, None] * BLOCK_K + offs_k[None, :])
-            acc = tl.dot(zt, ctile, acc, input_precision=PRECISION)
-        else:
-            for d0 in range(0, DP, BLOCK_D):
-                dd = d0 + offs_d
-                zc = tl.load(z_ptr + rows64[:, None] * D + dd[None, :],
-                             mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
-                ctile = tl.load(tile + dd[:, None] * BLOCK_K + offs_k[None, :])
-                acc = tl.dot(zc, ctile, acc, input_precision=PRECISION)
-        acc = acc + tl.load(tile + DP * BLOCK_K + offs_k)[None, :]
+        acc = dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N, BLOCK_K, True,
+                         PRECISION)
         upd = acc < best
         best = tl.where(upd, acc, best)
         bt = tl.where(upd, t, bt)
