@@ -37,7 +37,8 @@ def sweep_launches(ds=(8, 64), modules=MODULES):
         if "search_triton" in modules:
             for cfg in st.sweep_configs(d):
                 plan = st.plan_search(n, k, d, dict(st.default_config(n, k, d), **cfg), H100_SMS)
-                yield "search_triton", d, cfg, [("search", plan.search)] + ([("merge", plan.merge)] if plan.merge else [])
+                merge = [("merge", plan.merge)] if plan.merge else []
+                yield "search_triton", d, cfg, [("search", plan.search)] + merge
         for module, mod in (("ns_loss_triton", nt), ("ns_fused_triton", nf)):
             if module not in modules:
                 continue
@@ -89,9 +90,9 @@ def main() -> int:
           + (f"; most stack {worst['stack']} B ({worst['module']} D={worst['d']} {worst['kernel']} "
              f"{json.dumps(worst['config'])})" if worst else ""))
     if a.json:
-        Path(a.json).write_text(json.dumps(dict(triton=triton.__version__, target="sm_90",
-                                                command="python " + " ".join(["bench/sweep_resources.py"] + sys.argv[1:]),
-                                                rows=rows), indent=1) + "\n")
+        command = "python " + " ".join(["bench/sweep_resources.py"] + sys.argv[1:])
+        Path(a.json).write_text(json.dumps(dict(triton=triton.__version__, target="sm_90", command=command, rows=rows),
+                                           indent=1) + "\n")
     return 1 if bad else 0
 
 

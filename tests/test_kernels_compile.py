@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def compile_every_kernel() -> dict:
-    """{label: {"regs", "stack"}} for every kernel_cases() entry (callers unset
+    """{label: {"regs", "stack", "shared"}} for every kernel_cases() entry (callers unset
     sm90.CONFIG_ENV_VARS, so these are the GPU's launch configs)."""
     from pipeline.kernels.sm90 import compile_sm90, kernel_cases, resource_usage
 
@@ -84,7 +84,6 @@ def test_every_kernel_compiles_under_the_gpu_images_triton():
     print(out)
     assert Path(out["triton_file"]).resolve().is_relative_to(GPU_TRITON_DIR.resolve()), out["triton_file"]
     check_resources(out["results"])
-
 
 
 def test_sass_compare_tool_compares_every_kernel_with_a_commit(tmp_path):

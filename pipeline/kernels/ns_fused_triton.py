@@ -34,8 +34,8 @@ import triton
 import triton.language as tl
 
 from .ns_loss_triton import NSShape, empty_stats, load_row_block, ns_codes_pass, prepare_ns
-from .search_triton import (Launch, _exact_dist, dot_scores, _finish_argmin, _next_pow2, device_guard, dot_block_d, exact_dist_cols,
-                            load_code_tile, tile_scores)
+from .search_triton import (Launch, _exact_dist, _finish_argmin, _next_pow2, device_guard, dot_block_d, dot_scores,
+                            exact_dist_cols, load_code_tile, tile_scores)
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)   # a jit global must be a constexpr (compiled, not interpreted)
 
@@ -135,7 +135,7 @@ def _ns_fused_rows_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, 
     l = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for t in range(0, T):
         sc = dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
-                         BLOCK_K, True, PRECISION)
+                        BLOCK_K, True, PRECISION)
         best, bt, l = _online_update(best, bt, l, sc, t, a, nzsq, True)
     idx, crow = _finish_rows(best, bt, l, a, log2_lamk, nzsq, offs_k, BLOCK_K, True)
     idx64 = idx.to(tl.int64)

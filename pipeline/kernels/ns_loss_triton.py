@@ -48,8 +48,8 @@ import triton
 import triton.language as tl
 
 from .search_triton import (FMA_MAX_D, TRITON_DEFAULT_STAGES, Launch, _interpret, _num_sms, apply_env_config,
-                            check_precision, code_tiles, device_guard, dot_block_d, dot_scores, load_code_tile, load_z_cols,
-                            pack_codebook, padded_dim, tile_scores)
+                            check_precision, code_tiles, device_guard, dot_block_d, dot_scores, load_code_tile,
+                            load_z_cols, pack_codebook, padded_dim, tile_scores)
 
 LOG2E = 1.4426950408889634
 
@@ -408,7 +408,7 @@ def _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, cst, MOD
     acc = _sweep_init(MODE, BLOCK_N, BLOCK_K)
     for t in range(0, T):
         sc = dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
-                         BLOCK_K, False, PRECISION)
+                        BLOCK_K, False, PRECISION)
         x = tl.maximum(sc, nzsq[:, None]) * neg_a
         acc = _sweep_add(acc, x, cst, MODE)
     return _sweep_finish(acc, MODE)
@@ -486,7 +486,7 @@ def _ns_codes_dot_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr,
             zc = tl.load(z_ptr + rows64[:, None] * D + dd[None, :],
                          mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
             sc = dot_scores(z_ptr, rows64, rmask, zc, tile, D, DP, BLOCK_D, BLOCK_R, BLOCK_K, True,
-                             PRECISION)
+                            PRECISION)
             zsq = tl.load(zsq_ptr + rows, mask=rmask, other=0.0)
             crow = tl.load(crow_ptr + rows, mask=rmask, other=float("-inf"))
             win = tl.load(win_ptr + rows, mask=rmask, other=-1)
