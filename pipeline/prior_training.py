@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .images import input_batches, output_to_images
 from .models.autoencoder import VQAutoencoder
 from .models.prior import TokenPrior, grid_to_sequence, sequence_to_grid
-from .training import Trainer, TrainResult, optimizer_step
+from .training import Trainer, TrainResult, optimizer_step, to_device_async
 
 
 @torch.no_grad()
@@ -99,7 +99,7 @@ def train_prior(prior: TokenPrior, train_seq: np.ndarray | torch.Tensor, pp, tra
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(pp.seed * 1_000_003 + step)
-        batch = data[torch.randint(0, n, (pp.batch_size,), generator=g).to(device)]
+        batch = data[to_device_async(torch.randint(0, n, (pp.batch_size,), generator=g), device)]
         lr = torch.tensor(sched.get_last_lr()[0])
         with trainer.autocast():
             logits = forward(batch)

@@ -70,6 +70,20 @@ def cpu_state_dict(module: torch.nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.state_dict().items()}
 
 
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor ``t`` on ``device`` without making the host wait for the device.
+
+    A plain ``.to("cuda")`` of a host tensor first waits for every kernel already queued
+    (torch copies pageable memory with cudaMemcpy + stream sync), so one copy per step would
+    stall the host each step and its next launches would stop overlapping the GPU's work.
+    From pinned memory with ``non_blocking`` the copy is queued like a kernel; the caching
+    host allocator keeps the pinned buffer alive until the copy is done.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class BatchSource:
     """Random batches of uint8 NHWC images as float (B, 3, H, W) in [-1, 1] on the device.
 
@@ -99,11 +113,10 @@ class BatchSource:
     def batch(self, step: int) -> torch.Tensor:
         idx = self.indices(step)
         if isinstance(self.images, torch.Tensor):
-            raw = self.images[idx.to(self.device)]
+            raw = self.images[to_device_async(idx, self.device)]
         else:
-            raw = torch.from_numpy(self.images[idx.numpy()]).pin_memory() if self.device.type == "cuda" \
-                else torch.from_numpy(self.images[idx.numpy()])
-        x = images_to_input(raw.to(self.device, non_blocking=True))
+            raw = to_device_async(torch.from_numpy(self.images[idx.numpy()]), self.device)
+        x = images_to_input(raw)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
