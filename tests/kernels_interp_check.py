@@ -3,7 +3,7 @@
 Run by tests/test_kernels_triton.py in a subprocess with TRITON_INTERPRET=1 (it must be set
 before triton is imported), one group at a time:
 
-    TRITON_INTERPRET=1 python tests/kernels_interp_check.py search|ns|fused|loss [--seed S]
+    TRITON_INTERPRET=1 python tests/kernels_interp_check.py search|ns|fused|loss|step|all [--seed S]
 
 Prints one line per check and "FAIL ..." lines for failures; the exit status is the number of
 failures (capped at 100). Inputs are random with odd sizes and a fresh seed per run (printed, and
@@ -378,9 +378,63 @@ def group_loss(gen: torch.Generator) -> None:
               f"ns_embedding_loss N={n} K={k} D={d}: triton vs dense loss {ed:.1e} grad {egd:.1e}")
 
 
+# ----------------------------------------------------------------------------------------------
+# every quantizer's training step on the kernel path
+# ----------------------------------------------------------------------------------------------
+def group_step(gen: torch.Generator) -> None:
+    """Each method's quantizer forward + backward with the search on the Triton kernels (as on
+    CUDA): no op that makes the host wait for a GPU (pipeline/host_sync.py), and no tensor as
+    large as an fp32 N x K one.
+    Under the interpreter the kernels' tiles are numpy, so what is recorded is the host code's
+    own tensors: the score matrix must never be one of them. Gumbel is left out of the second
+    check: its logits are N x K by definition, and it never searches."""
+    from torch.utils._pytree import tree_leaves
+
+    from pipeline.config import QuantizerParams
+    from pipeline.configbase import build
+    from pipeline.host_sync import HostSyncRecorder
+    from pipeline.quantizers import METHODS, build_quantizer
+
+    class StepRecorder(HostSyncRecorder):
+        def __init__(self):
+            super().__init__()
+            self.largest, self.largest_op = 0, ""
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            for t in tree_leaves(out):     # bytes held, so views and the interpreter's re-views count once
+                if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > self.largest:
+                    self.largest, self.largest_op = t.untyped_storage().nbytes(), str(func)
+            return out
+
+    b, h, w, k = 4, 6, 8, 64           # N = 192 latents: an fp32 N x K is 48 KiB, z (D = 40) 30 KiB
+    os.environ["NSVQ_SEARCH_BACKEND"] = "triton"
+    try:
+        for method in sorted(METHODS):
+            for d, precision in ((8, "fp32"), (40, "fp32"), (40, "tf32x3")):
+                extra = {"transvq": {"model_dim": 16}} if method == "transvq" else {}
+                qp = build(QuantizerParams, {"method": method, "codebook_size": k, "kernel_precision": precision,
+                                             **extra})
+                torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+                q = build_quantizer(qp, d)
+                q.set_progress(10_000, 3.0)           # past SF-DiVeQ's warm-up: its curve search runs
+                z = torch.randn(b, d, h, w, generator=gen, requires_grad=True)
+                with StepRecorder() as rec:
+                    out = q(z)
+                    (out.z_q.square().mean() + out.loss).backward()
+                label = f"step {method} D={d} {precision}"
+                check(not rec.syncs, f"{label}: host syncs {rec.syncs}")
+                if method != "gumbel":
+                    n = b * h * w
+                    check(rec.largest < 4 * n * k, f"{label}: largest tensor {rec.largest} B ({rec.largest_op}),"
+                                                   f" fp32 N x K = {4 * n * k} B")
+    finally:
+        del os.environ["NSVQ_SEARCH_BACKEND"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("group", choices=["search", "ns", "fused", "loss", "all"])
+    ap.add_argument("group", choices=["search", "ns", "fused", "loss", "step", "all"])
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -390,9 +444,9 @@ def main() -> int:
     print(f"seed {seed}", flush=True)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.time()
-    groups = ["search", "ns", "fused", "loss"] if args.group == "all" else [args.group]
+    groups = ["search", "ns", "fused", "loss", "step"] if args.group == "all" else [args.group]
     for g in groups:
-        {"search": group_search, "ns": group_ns, "fused": group_fused, "loss": group_loss}[g](gen)
+        {"search": group_search, "ns": group_ns, "fused": group_fused, "loss": group_loss, "step": group_step}[g](gen)
     print(f"{len(FAILS)} failures, {time.time() - t0:.1f}s (seed {seed})", flush=True)
     return min(len(FAILS), 100)
 

@@ -67,6 +67,12 @@ def test_ns_embedding_loss_triton_interpreter():
     _run("loss")
 
 
+def test_quantizer_steps_on_kernels_interpreter():
+    """Every method's forward + backward with the search on the kernels, as on CUDA: no op that
+    would make the host wait for the GPU, and no tensor as large as an fp32 N x K one."""
+    _run("step")
+
+
 def test_kernel_modules_import_without_running():
     """The quantizer modules import without triton being used (lazy import of the kernels)."""
     code = ("import pipeline.quantizers.search as s, pipeline.quantizers.ns_loss as n, sys; "
