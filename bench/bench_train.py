@@ -14,6 +14,9 @@ Per method three runs from the same init: the eager fp32 step, the optimized ste
 optimized step with ``quantizer.kernel_precision: tf32x3`` (search and NS-loss matmuls on the
 tensor cores as split TF32); each optimized curve is compared with the eager one.
 
+Each row also counts the host syncs per step (torch's sync debug mode, over 10 steps after the
+timed ones): the hot loop should have none.
+
 Writes reports/bench/train.json (or $OUT/train.json).
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import DEVICE, SMOKE, sync, table, write_json
+from pipeline.host_sync import HostSyncRecorder, count_cuda_syncs
 from pipeline.config import DataParams, PretrainParams, QuantizerParams, TrainVQParams
 from pipeline.configbase import build
 from pipeline.data import load_split, prepare_dataset
@@ -97,6 +101,19 @@ def model_flops(images, method: str, k: int) -> float:
     return counter.get_total_flops() + quant
 
 
+def host_syncs_per_step(step_fn, first: int, n: int = 10) -> float:
+    """Host syncs per training step over n more steps: torch's sync debug mode on the GPU; in
+    smoke runs on the CPU, the ops that would sync on a GPU (pipeline/host_sync.py; the CPU's
+    unfused Adam reads its step counter, so not 0 there)."""
+    steps = iter(range(first, first + n))
+    if DEVICE == "cuda":
+        return count_cuda_syncs(lambda: step_fn(next(steps)), n) / n
+    with HostSyncRecorder() as rec:
+        for s in steps:
+            step_fn(s)
+    return len(rec.syncs) / n
+
+
 def run(images, method: str, k: int, optimized: bool, steps: int, warmup: int, seed: int = 0,
         weights: dict | None = None, kernel_precision: str = "fp32") -> dict:
     step_fn, _ = make_step(images, method, k, optimized, seed, weights, kernel_precision)
@@ -113,7 +130,7 @@ def run(images, method: str, k: int, optimized: bool, steps: int, warmup: int, s
     dt = time.perf_counter() - t0
     curve = torch.stack(losses).float().cpu()
     return {"img_per_s": (steps - warmup) * BATCH / dt, "ms_per_step": 1000 * dt / (steps - warmup),
-            "warmup_s": warm_s, "curve": curve}
+            "warmup_s": warm_s, "curve": curve, "host_syncs_per_step": host_syncs_per_step(step_fn, steps)}
 
 
 def main() -> None:
@@ -150,7 +167,7 @@ def main() -> None:
             rows.append({"method": method, "K": a.k, "step": name, "img_per_s": r["img_per_s"],
                          "ms_per_step": r["ms_per_step"], "warmup_s": r["warmup_s"],
                          "mfu": flops * r["img_per_s"] / BATCH / PEAK_BF16_DENSE,
-                         "gflop_per_step": flops / 1e9})
+                         "gflop_per_step": flops / 1e9, "host_syncs_per_step": r["host_syncs_per_step"]})
             if name == "eager fp32":
                 continue
             rows[-1]["speedup"] = r["img_per_s"] / eager["img_per_s"]
@@ -161,7 +178,7 @@ def main() -> None:
                                    f"{key}_max_rel_diff": max(rel[1:])})
         print(rows[-len(steps):], curves[method], flush=True)
     print(table(rows, ["method", "K", "step", "img_per_s", "ms_per_step", "mfu", "gflop_per_step", "speedup",
-                       "warmup_s"]))
+                       "host_syncs_per_step", "warmup_s"]))
     for m, c in curves.items():
         tf = (f"; eager vs optimized tf32x3 {c['optimized_tf32x3_max_rel_diff']:.3f}"
               if "optimized_tf32x3_max_rel_diff" in c else "")

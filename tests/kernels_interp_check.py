@@ -202,10 +202,11 @@ def stats_tol(z, cb, tau, tol=1e-4):
     A score is formed as ||e||^2 - 2 z.e in fp32, so it carries about 2^-24 (||z||^2 + ||e||^2)
     of absolute error, and a weight exp(-d / tau) that much / tau of relative error. That is
     the floor for a code whose weight is not negligible without being the winner (a near-tie
-    within tau). At the stress case (tau = 0.01, latents of scale 3, D = 8) the floor is
-    1.9e-3 to 3.2e-3. Over 60 draws of that case (seeds 0-59) the kernel erred by 7e-8 at the
-    median and 3.5e-4 at the most, 2 of them over 1e-4, so a flat 1e-4 failed at random. The
-    online rescaling the case exists for would be off by factors of 2, far above either."""
+    within tau). At the stress cases (tau = 0.01, latents of scale 3) the floor is 1.9e-3 to
+    3.2e-3 at D = 8 and 6.2e-3 to 8.2e-3 at D = 40. Over 60 draws of each (seeds 0-59) the
+    kernel erred by 7e-8 / 5e-8 at the median and 3.5e-4 / 1.1e-3 at the most, at most 0.18 of
+    the floor; 3 of the 120 were over 1e-4, so a flat 1e-4 failed at random. The online
+    rescaling the cases exist for would be off by factors of 2, far above either."""
     zz = z.double().pow(2).sum(1).max() if z.numel() else 0.0
     ee = cb.double().pow(2).sum(1).max() if cb.numel() else 0.0
     return max(tol, float(zz + ee) / tau * 2.0 ** -24)

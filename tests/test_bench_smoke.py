@@ -60,6 +60,7 @@ def test_run_all_parts_in_smoke_mode(tmp_path):
     tr = json.loads((tmp_path / "train.json").read_text())
     steps = {(r["method"], r["step"]) for r in tr["train"]}
     assert ("nsvq", "optimized, tf32x3 quantizer") in steps and ("vq", "eager fp32") in steps
+    assert all(r["host_syncs_per_step"] >= 0 for r in tr["train"])
     for prec in ("fp32", "tf32x3"):
         prof = json.loads((tmp_path / f"profile_train_nsvq_{prec}.json").read_text())
         assert prof["groups"][-1]["group"] == "step wall time" and prof["img_per_s"] > 0
