@@ -80,4 +80,4 @@ gpu-preflight: install $(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON) $(GPU_TORCH_DIR)
 	PYTHONPATH="$(CURDIR)/$(GPU_TORCH_DIR):$(CURDIR)/$(GPU_TRITON_DIR)" PATH="$(CURDIR)/$(BIN):$$PATH" \
 	  $(BIN)/python -m pytest -q tests/test_bench_smoke.py tests/test_kernels_triton.py \
 	  tests/test_kernel_precision.py tests/test_kernels_compile.py tests/test_quantizers_core.py \
-	  tests/test_quantizer_methods.py tests/test_kmeans.py tests/test_training.py
+	  tests/test_quantizer_methods.py tests/test_kmeans.py tests/test_training.py tests/test_host_sync.py
