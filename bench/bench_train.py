@@ -29,10 +29,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import DEVICE, SMOKE, sync, table, write_json
-from pipeline.host_sync import HostSyncRecorder, count_cuda_syncs
 from pipeline.config import DataParams, PretrainParams, QuantizerParams, TrainVQParams
 from pipeline.configbase import build
 from pipeline.data import load_split, prepare_dataset
+from pipeline.host_sync import HostSyncRecorder, count_cuda_syncs
 from pipeline.models.autoencoder import VQAutoencoder
 from pipeline.pretraining import encode_images, pretrain_autoencoder
 from pipeline.quantizers import CodeReplacement, build_quantizer

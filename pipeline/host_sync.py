@@ -29,7 +29,7 @@ aten = torch.ops.aten
 _ALWAYS = {
     aten._local_scalar_dense.default,       # .item(), float(t), int(t), bool(t), t[0-dim index]
     aten.equal.default, aten.allclose.default,          # return a Python bool
-    aten.nonzero.default, aten.argwhere.default, aten.masked_select.default,
+    aten.nonzero.default, aten.masked_select.default,       # (argwhere decomposes to nonzero)
     aten._unique.default, aten._unique2.default, aten.unique_dim.default,
     aten.unique_consecutive.default, aten.bincount.default,
 }

@@ -48,15 +48,16 @@ def test_search_triton_interpreter():
 
 
 def test_ns_loss_stats_triton_interpreter():
-    """(total, s, M) equal the fp64 statistics within 1e-4 relative: FMA and dot paths, row splits,
-    lam = 0, and arbitrary winners that force pass 1's overflow fallback."""
+    """(total, s, M) equal the fp64 statistics within 1e-4 relative (or fp32's own floor where a
+    case's tau and norms put it higher): FMA and dot paths, row splits, lam = 0, and arbitrary
+    winners that force pass 1's overflow fallback."""
     _run("ns")
 
 
 def test_ns_search_stats_triton_interpreter():
     """The search fused into the NS loss's row pass: (idx, dist) equal nearest_code_triton's
     (FMA path; dot path: winners nearest within 1e-5), (total, s, M) equal the fp64 statistics for
-    those winners, exact ties, K below one tile, exponents spanning > 2^10, and the
+    those winners (tolerance as above), exact ties, K below one tile, exponents spanning > 2^10, and the
     ns_search_and_loss entry point on both backends."""
     _run("fused")
 
