@@ -450,9 +450,12 @@ def group_step(gen: torch.Generator) -> None:
         del os.environ["NSVQ_SEARCH_BACKEND"]
 
 
+GROUPS = {"search": group_search, "ns": group_ns, "fused": group_fused, "loss": group_loss, "step": group_step}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("group", choices=["search", "ns", "fused", "loss", "step", "all"])
+    ap.add_argument("group", choices=[*GROUPS, "all"])
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -462,9 +465,8 @@ def main() -> int:
     print(f"seed {seed}", flush=True)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.time()
-    groups = ["search", "ns", "fused", "loss", "step"] if args.group == "all" else [args.group]
-    for g in groups:
-        {"search": group_search, "ns": group_ns, "fused": group_fused, "loss": group_loss, "step": group_step}[g](gen)
+    for g in GROUPS if args.group == "all" else [args.group]:
+        GROUPS[g](gen)
     print(f"{len(FAILS)} failures, {time.time() - t0:.1f}s (seed {seed})", flush=True)
     return min(len(FAILS), 100)
 
