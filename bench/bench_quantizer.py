@@ -12,7 +12,6 @@ Prints one table and writes reports/bench/quantizer.json (or $OUT/quantizer.json
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -27,12 +26,12 @@ if SMOKE:                      # CPU smoke run (common.py): toy sizes, same code
 
 
 def our_vq(k: int, d: int, backend: str, precision: str = "fp32"):
+    from pipeline.config import SearchParams
     from pipeline.quantizers.vq import VQ
 
-    q = VQ(k, d, kernel_precision=precision).to(DEVICE)
+    q = VQ(k, d, search=SearchParams(backend=backend, precision=precision)).to(DEVICE)
     with torch.no_grad():
         q.embedding.normal_()
-    os.environ["NSVQ_SEARCH_BACKEND"] = backend
 
     def run(z):
         out = q(z)
@@ -93,13 +92,12 @@ def measure(make, k, d, label, rows, reps, graph=False):
         rows.append({"impl": label, "K": k, "D": d, "ms": float("nan"), "peak_extra_mb": float("nan"),
                      "note": note})
     finally:
-        os.environ.pop("NSVQ_SEARCH_BACKEND", None)
         empty_cache()
     print(rows[-1], flush=True)
 
 
 def ns_loss_official_style(z, e, tau, lam):
-    """The NS-VQ reference code's formulation: distance, softmax, one-hot and weights all N x K."""
+    """The NS-VQ reference code's formulation: distance, argmin, softmax, one-hot and weights all N x K."""
     k, d = e.shape
     dist = (z.detach() ** 2).sum(1, keepdim=True) + (e ** 2).sum(1) - 2 * z.detach() @ e.t()
     win = dist.argmin(1, keepdim=True)
@@ -110,21 +108,21 @@ def ns_loss_official_style(z, e, tau, lam):
 
 
 def ns_rows(k: int, d: int, rows: list, reps: int):
-    from pipeline.quantizers.ns_loss import ns_embedding_loss
-    from pipeline.quantizers.search import nearest_code
+    """NSVQ's nearest-code search + dense NS loss, forward + backward (one sweep over the N x K
+    scores in ours: the search rides in the loss's row pass)."""
+    from pipeline.quantizers.ns_loss import ns_search_and_loss
 
     torch.manual_seed(1)
     z = torch.randn(N, d, device=DEVICE)
     e = torch.randn(k, d, device=DEVICE, requires_grad=True)
-    win, _ = nearest_code(z, e.detach())
     impls = {
         "official-style dense": lambda: ns_loss_official_style(z, e, 1.0, 0.01).backward(),
-        "ours chunked torch": lambda: ns_embedding_loss(z, e, win, 1.0, 0.01, backend="torch").backward(),
-        "ours fused triton": lambda: ns_embedding_loss(z, e, win, 1.0, 0.01, backend="triton").backward(),
+        "ours chunked torch": lambda: ns_search_and_loss(z, e, 1.0, 0.01, backend="torch")[2].backward(),
+        "ours fused triton": lambda: ns_search_and_loss(z, e, 1.0, 0.01, backend="triton")[2].backward(),
     }
     if d > 16:   # the kernels' tl.dot path: tensor cores (split TF32) as well
-        impls["ours fused triton tf32x3"] = lambda: ns_embedding_loss(
-            z, e, win, 1.0, 0.01, backend="triton", precision="tf32x3").backward()
+        impls["ours fused triton tf32x3"] = lambda: ns_search_and_loss(
+            z, e, 1.0, 0.01, backend="triton", precision="tf32x3")[2].backward()
     # Reference gradient in strict fp32 (the timed runs keep TF32 matmuls on, as the anchors did).
     torch.backends.cuda.matmul.allow_tf32 = False
     e.grad = None
@@ -143,39 +141,6 @@ def ns_rows(k: int, d: int, rows: list, reps: int):
             rows.append({"impl": label, "K": k, "D": d, "ms": float("nan"), "note": "out of memory"})
         empty_cache()
         print(rows[-1], flush=True)
-
-
-def nsvq_search_rows(k: int, d: int, rows: list, reps: int):
-    """NSVQ's search + NS loss (fwd+bwd): the two kernels one after the other (two sweeps over
-    the N x K scores) against the search fused into the loss's row pass (one sweep)."""
-    from pipeline.quantizers.ns_loss import ns_embedding_loss, ns_search_and_loss
-    from pipeline.quantizers.search import nearest_code
-
-    torch.manual_seed(3)
-    z = torch.randn(N, d, device=DEVICE)
-    e = torch.randn(k, d, device=DEVICE, requires_grad=True)
-    precisions = ["fp32", "tf32x3"] if d > 16 else ["fp32"]
-    for prec in precisions:
-        def separate():
-            idx, _ = nearest_code(z, e.detach(), backend="triton", precision=prec)
-            ns_embedding_loss(z, e, idx, 1.0, 0.01, backend="triton", precision=prec).backward()
-
-        def fused():
-            ns_search_and_loss(z, e, 1.0, 0.01, backend="triton", precision=prec)[2].backward()
-        i_sep, _ = nearest_code(z, e.detach(), backend="triton", precision=prec)
-        i_fus = ns_search_and_loss(z, e, 1.0, 0.01, backend="triton", precision=prec)[0]
-        same = (i_sep == i_fus).float().mean().item()
-        for label, fn in (("search + NS loss, separate", separate), ("search fused into NS pass 1", fused)):
-            try:
-                mb = peak_extra_mb(fn)
-                ms = time_ms(fn, reps=reps)
-                rows.append({"impl": label, "K": k, "D": d, "precision": prec, "ms": ms, "peak_extra_mb": mb,
-                             "same_idx_frac": same})
-            except torch.OutOfMemoryError:
-                rows.append({"impl": label, "K": k, "D": d, "precision": prec, "ms": float("nan"),
-                             "note": "out of memory"})
-            empty_cache()
-            print(rows[-1], flush=True)
 
 
 def tf32x3_agreement(k: int, d: int) -> dict:
@@ -223,19 +188,14 @@ def main() -> None:
     ns: list[dict] = []
     for d in ds:
         ns_rows(K_NS, d, ns, reps=10)
-    fused: list[dict] = []
-    for d in ds:
-        nsvq_search_rows(K_NS, d, fused, reps=10)
     print(f"\nquantizer step (fwd+bwd), N = {N:,}")
     print(table(rows, ["impl", "K", "D", "ms", "peak_extra_mb", "note"]))
-    print(f"\ndense NS embedding loss (fwd+bwd), N = {N:,}, K = {K_NS:,}")
+    print(f"\nNSVQ's nearest-code search + dense NS embedding loss (fwd+bwd), N = {N:,}, K = {K_NS:,}")
     print(table(ns, ["impl", "K", "D", "ms", "peak_extra_mb", "grad_rel_err", "note"]))
-    print(f"\nNSVQ search + NS loss (fwd+bwd), N = {N:,}, K = {K_NS:,}: separate kernels vs fused")
-    print(table(fused, ["impl", "K", "D", "precision", "ms", "peak_extra_mb", "same_idx_frac", "note"]))
     if agree:
         print(f"\ntf32x3 search against the fp32 kernel, N = {N:,}, D = {ds[-1]}")
         print(table(agree, ["K", "D", "mismatch_frac", "max_rel_excess", "max_ulp_scale_excess"]))
-    write_json("quantizer.json", {"quantizer_step": rows, "ns_loss": ns, "nsvq_search_fused": fused,
+    write_json("quantizer.json", {"quantizer_step": rows, "nsvq_search_ns_loss": ns,
                                   "tf32x3_search": agree, "N": N, "headline": {"K": K_NS, "D": ds[0]}})
 
 

@@ -73,7 +73,7 @@ def pretrained_autoencoder(images) -> dict:
 def make_step(images, method: str, k: int, optimized: bool, seed: int = 0, weights: dict | None = None,
               kernel_precision: str = "fp32"):
     torch.manual_seed(0)
-    qp = build(QuantizerParams, {"method": method, "codebook_size": k, "kernel_precision": kernel_precision})
+    qp = build(QuantizerParams, {"method": method, "codebook_size": k, "search": {"precision": kernel_precision}})
     model = VQAutoencoder(**CELEBA, quantizer=build_quantizer(qp, CELEBA["code_dim"])).to(DEVICE)
     if weights is not None:
         model.load_state_dict(weights, strict=False)          # the quantizer is new

@@ -24,10 +24,7 @@ def main() -> None:
     ours = pick(q["quantizer_step"], impl="ours fused triton", **at)
     graphed = pick(q["quantizer_step"], impl="ours fused triton, CUDA graph", **at)
     vqp = pick(q["quantizer_step"], impl="vqpytorch VectorQuantize (EMA)", **at)
-    ns = pick(q["ns_loss"], impl="ours fused triton", **at)
-    # NSVQ's search + NS loss: separate kernels vs the search fused into the loss (newer runs)
-    nsvq = {r["impl"]: r["ms"] for r in q.get("nsvq_search_fused", [])
-            if r["K"] == at["K"] and r["D"] == at["D"] and r["precision"] == "fp32"}
+    ns = pick(q["nsvq_search_ns_loss"], impl="ours fused triton", **at)
     # the fastest optimized nsvq step (fp32 or tf32x3 quantizer kernels), with its loss-curve check
     fast = max((r for r in tr["train"] if r["method"] == "nsvq" and r["step"] != "eager fp32"),
                key=lambda r: r["img_per_s"])
@@ -38,9 +35,7 @@ def main() -> None:
         "quantizer_extra_mb_k65536_d8": ours["peak_extra_mb"],
         "quantizer_graph_ms_k65536_d8": graphed["ms"],
         "vqpytorch_ms_k65536_d8": vqp["ms"],
-        "ns_loss_ms_k65536_d8": ns["ms"],
-        "nsvq_search_ns_separate_ms_k65536_d8": nsvq.get("search + NS loss, separate"),
-        "nsvq_search_ns_fused_ms_k65536_d8": nsvq.get("search fused into NS pass 1"),
+        "nsvq_search_ns_loss_ms_k65536_d8": ns["ms"],
         "kmeans_s_k65536_1m": km["kmeans"]["total_s"],
         "train_img_per_s_k65536": fast["img_per_s"],
         "train_speedup_vs_eager_fp32": fast["speedup"],

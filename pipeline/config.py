@@ -5,17 +5,14 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Literal
 
 from .configbase import ConfigError, build, fail, flatten, param, to_dict
+from .quantizers.registry import METHODS
 
-__all__ = ["ConfigError", "Params", "load_params", "to_dict", "flatten", "QUANTIZER_METHODS"]
-
-# Every method registered in pipeline.quantizers; the registry test keeps the two in step.
-QUANTIZER_METHODS = ("vq", "ema", "fc", "simvq", "transvq", "nsvq", "diveq", "diveq_detach", "sf_diveq",
-                     "sf_diveq_detach", "rotation", "rotation_loss", "gumbel", "noise_sub")
+__all__ = ["ConfigError", "Params", "load_params", "to_dict", "flatten"]
 
 
 @dataclass
@@ -61,91 +58,64 @@ class ReplacementParams:
 
 
 @dataclass
-class NSVQParams:
-    """Dense non-stationary embedding loss + modified STE (NS-VQ paper, eqs. in DESIGN.md)."""
-    lam: float = param(0.01, ge=0, doc="lambda: weight scale of non-selected codes, w = min(1, lambda K softmax)")
-    tau0: float = param(1.0, gt=0, doc="initial softmax temperature")
-    tau_decay: float = param(0.9, gt=0, le=1, doc="tau = tau0 * tau_decay ** epoch")
-    alpha: float = param(1.0, ge=0, doc="modified STE: a = 2 alpha / numel(z)")
+class SearchKernelParams:
+    """Launch config of the nearest-code search kernel (CUDA; ``default_config`` in
+    pipeline/kernels/search_triton.py). null: the kernel's default for the shape. Results can
+    move at rounding level with these (summation order, split-K), so they are params."""
+    BLOCK_N: int | None = param(None, ge=1, doc="latent rows per program")
+    BLOCK_K: int | None = param(None, ge=16, doc="codes per packed tile")
+    num_warps: int | None = param(None, ge=1)
+    num_stages: int | None = param(None, ge=1)
+    SPLIT_K: int | None = param(None, ge=0, doc="code-tile ranges per row block; 0: auto")
+    path: Literal["fma", "dot"] | None = param(None, doc="fma (code_dim <= 16 only) or tl.dot")
 
 
 @dataclass
-class EMAParams:
-    """Codebook as Laplace-smoothed moving averages of counts and sums (VQ-VAE appendix)."""
-    decay: float = param(0.99, gt=0, lt=1, doc="EMA decay of counts and sums")
-    eps: float = param(1e-5, gt=0, doc="Laplace smoothing of the counts")
+class NSKernelParams:
+    """Launch config of NSVQ's search + NS-loss kernels (CUDA; ``default_ns_config`` in
+    pipeline/kernels/ns_loss_triton.py): F_* the fused row pass, C_* the per-code pass.
+    null: the kernel's default for the shape."""
+    F_BLOCK_N: int | None = param(None, ge=1, doc="rows per program of the fused row pass")
+    F_BLOCK_K: int | None = param(None, ge=16, doc="codes per packed tile (both passes read the packed codebook)")
+    F_BLOCK_D: int | None = param(None, ge=0, doc="tl.dot path: D chunk (16, 32 or 64); 0: auto")
+    F_num_warps: int | None = param(None, ge=1)
+    F_num_stages: int | None = param(None, ge=1)
+    C_BLOCK_K: int | None = param(None, ge=1, doc="codes per program of the per-code pass")
+    C_BLOCK_R: int | None = param(None, ge=1, doc="rows per step of the per-code pass")
+    C_SPLIT: int | None = param(None, ge=0, doc="row ranges per code block; 0: auto")
+    C_num_warps: int | None = param(None, ge=1)
+    C_num_stages: int | None = param(None, ge=1)
 
 
 @dataclass
-class FCParams:
-    """Factorized, l2-normalized codes (ViT-VQGAN)."""
-    code_dim: int = param(8, ge=1, doc="dimension of the code space the lookup runs in")
+class SearchParams:
+    """The nearest-code search of every method and of k-means (NSVQ runs it inside its NS loss)."""
+    backend: Literal["auto", "torch", "triton"] = param(
+        "auto", doc="auto: the Triton kernels on CUDA, the chunked torch path elsewhere")
+    chunk: int = param(8192, ge=1, doc="rows per chunk of the torch path")
+    precision: Literal["fp32", "tf32x3"] = param(
+        "fp32", doc="matmuls of the GPU kernels at code_dim > 16: fp32 on the CUDA cores, or tf32x3 "
+                    "(split TF32 on the tensor cores, ~2^-21 relative per product); the torch path is fp32")
+    kernel: SearchKernelParams = field(default_factory=SearchKernelParams)
+    ns_kernel: NSKernelParams = field(default_factory=NSKernelParams)
 
 
-@dataclass
-class TransVQParams:
-    """Frozen codebook through one pre-LN linear-attention block (TransVQ)."""
-    model_dim: int = param(256, ge=1, doc="width of the codebook transformer")
-    mlp_ratio: float = param(2.0, gt=0, doc="MLP hidden width / model_dim")
-    learned_pos: bool = param(True, doc="add a learned per-code position embedding (reference code)")
+def _quantizer_params() -> type:
+    """The ``quantizer`` section: what every method shares, then one section per registered
+    method (``quantizer.<method>``: that method's options dataclass, pipeline/quantizers/registry.py)."""
+    shared = [
+        ("method", Literal[tuple(METHODS)], param("nsvq", doc="a method of pipeline/quantizers/registry.py")),
+        ("codebook_size", int, param(512, ge=2)),
+        ("beta", float, param(0.25, ge=0, doc="commitment weight")),
+        ("levels", int, param(1, ge=1, doc="residual VQ levels; > 1 stacks that many quantizers of the method")),
+        ("search", SearchParams, field(default_factory=SearchParams)),
+        ("replacement", ReplacementParams, field(default_factory=ReplacementParams)),
+    ]
+    sections = [(m.name, m.options, field(default_factory=m.options)) for m in METHODS.values()]
+    return make_dataclass("QuantizerParams", shared + sections, namespace={"__module__": __name__})
 
 
-@dataclass
-class DiVeQParams:
-    """DiVeQ directional noise (diveq only; diveq_detach has none)."""
-    sigma: float = param(1e-3, ge=0, le=1, doc="std of the directional noise v ~ N(0, sigma^2 I)")
-
-
-@dataclass
-class SFDiVeQParams:
-    """SF-DiVeQ warm-up, init and inference (shared by sf_diveq and sf_diveq_detach)."""
-    sigma: float = param(1e-3, ge=0, le=1, doc="std of the directional noise (sf_diveq only)")
-    skip_steps: int = param(200, ge=0, doc="train_vq steps without quantization before the curve starts")
-    avg_steps: int = param(50, ge=0, doc="the last steps of the warm-up whose latents initialise the codes")
-    inference: Literal["codes", "curve"] = param("codes", doc="eval output: nearest code, or projection on the curve")
-
-    def check(self) -> None:
-        if self.avg_steps > self.skip_steps:
-            fail(self, "avg_steps", f"must be <= skip_steps ({self.skip_steps})")
-
-
-@dataclass
-class GumbelParams:
-    """Straight-through Gumbel-softmax with exponential temperature annealing."""
-    tau0: float = param(1.0, gt=0, doc="initial temperature")
-    tau_min: float = param(0.1, gt=0, doc="temperature floor")
-    anneal_rate: float = param(2e-3, ge=0, doc="tau = max(tau_min, tau0 * exp(-anneal_rate * step))")
-    kl_weight: float = param(5e-4, ge=0, doc="weight of KL(softmax(logits) || uniform)")
-
-    def check(self) -> None:
-        if self.tau_min > self.tau0:
-            fail(self, "tau_min", f"must be <= tau0 ({self.tau0})")
-
-
-@dataclass
-class QuantizerParams:
-    method: str = "nsvq"
-    codebook_size: int = param(512, ge=2)
-    beta: float = param(0.25, ge=0, doc="commitment weight")
-    search_chunk: int = param(8192, ge=1, doc="rows per chunk of the nearest-code search")
-    kernel_precision: Literal["fp32", "tf32x3"] = param(
-        "fp32", doc="matmuls of the GPU search and NS-loss kernels at code_dim > 16: fp32 on the CUDA "
-                    "cores, or tf32x3 (split TF32 on the tensor cores, ~2^-21 relative per product)")
-    levels: int = param(1, ge=1, doc="residual VQ levels; > 1 stacks that many quantizers of the method")
-    replacement: ReplacementParams = field(default_factory=ReplacementParams)
-    nsvq: NSVQParams = field(default_factory=NSVQParams)
-    ema: EMAParams = field(default_factory=EMAParams)
-    rotation: EMAParams = field(default_factory=lambda: EMAParams(decay=0.8),
-                                metadata={"doc": "rotation's EMA codebook (decay 0.8 in the paper's code)"})
-    fc: FCParams = field(default_factory=FCParams)
-    transvq: TransVQParams = field(default_factory=TransVQParams)
-    diveq: DiVeQParams = field(default_factory=DiVeQParams)
-    sf_diveq: SFDiVeQParams = field(default_factory=SFDiVeQParams)
-    gumbel: GumbelParams = field(default_factory=GumbelParams)
-
-    def check(self) -> None:
-        if self.method not in QUANTIZER_METHODS:
-            fail(self, "method", f"is not one of {', '.join(QUANTIZER_METHODS)}")
+QuantizerParams = _quantizer_params()
 
 
 @dataclass

@@ -96,10 +96,11 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None 
 
 
 @torch.no_grad()
-def lloyd_step(x: torch.Tensor, centers: torch.Tensor, chunk_size: int = 8192
+def lloyd_step(x: torch.Tensor, centers: torch.Tensor, search: dict | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Lloyd iteration: returns (new centres, counts per centre, mean squared distance)."""
-    idx, dist = nearest_code(x, centers, chunk_size=chunk_size)
+    """One Lloyd iteration: returns (new centres, counts per centre, mean squared distance).
+    ``search``: ``nearest_code`` keyword arguments (``search_kwargs`` of the params)."""
+    idx, dist = nearest_code(x, centers, **(search or {}))
     k = centers.shape[0]
     counts = torch.zeros(k, device=x.device, dtype=x.dtype).index_add_(0, idx, torch.ones_like(dist))
     sums = torch.zeros_like(centers).index_add_(0, idx, x)
@@ -114,19 +115,20 @@ def lloyd_step(x: torch.Tensor, centers: torch.Tensor, chunk_size: int = 8192
 
 
 @torch.no_grad()
-def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk_size: int = 8192,
+def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, search: dict | None = None,
            log=None) -> KMeansResult:
-    """Fit ``k`` centres to points ``x`` (N, D): k-means++ seeding + ``iters`` Lloyd steps."""
+    """Fit ``k`` centres to points ``x`` (N, D): k-means++ seeding + ``iters`` Lloyd steps;
+    ``search``: ``nearest_code`` keyword arguments (backend, chunk, kernel precision and config)."""
     x = x.float().contiguous()
     g = torch.Generator().manual_seed(seed)
     centers = kmeans_plus_plus(x, k, g)
     history = []
     for it in range(iters):
-        centers, _, inertia = lloyd_step(x, centers, chunk_size)
+        centers, _, inertia = lloyd_step(x, centers, search)
         history.append(inertia.item())
         if log is not None:
             log(it, history[-1])
-    idx, dist = nearest_code(x, centers, chunk_size=chunk_size)
+    idx, dist = nearest_code(x, centers, **(search or {}))
     counts = torch.zeros(k, device=x.device).index_add_(0, idx, torch.ones_like(dist))
     inertia = dist.mean().item()
     history.append(inertia)

@@ -9,6 +9,7 @@ from pipeline.data import load_split
 from pipeline.kmeans import kmeans
 from pipeline.models.io import load_autoencoder
 from pipeline.pretraining import encode_images
+from pipeline.quantizers.search import search_kwargs
 from pipeline.tracking import stage_run
 from pipeline.training import atomic_save, pick_device
 from stages.common import CODEBOOK_INIT, PREPARED, PRETRAIN_MODEL, REPORTS, load_params, main, require, \
@@ -28,7 +29,7 @@ def fit_codebook(p, run) -> dict:
     if latents.shape[0] < k:
         raise ValueError(f"quantizer.codebook_size: {k} codes need at least {k} training latents, "
                          f"the training set gives {latents.shape[0]}")
-    result = kmeans(latents, k, iters=kp.iters, seed=kp.seed, chunk_size=p.quantizer.search_chunk,
+    result = kmeans(latents, k, iters=kp.iters, seed=kp.seed, search=search_kwargs(p.quantizer.search),
                     log=lambda it, inertia: run.log_metrics({"inertia": inertia}, it))
     atomic_save({"codes": result.centers.cpu(), "inertia": result.inertia,
                  "empty_fraction": result.empty_fraction}, CODEBOOK_INIT)

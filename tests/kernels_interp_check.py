@@ -160,12 +160,6 @@ def group_search(gen: torch.Generator) -> None:
     a = nearest_code(z, cb, backend="triton")
     b = nearest_code_triton(z, cb)
     check(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), "nearest_code(backend='triton') dispatch")
-    os.environ["NSVQ_SEARCH_BACKEND"] = "triton"
-    try:
-        c = nearest_code(z, cb)
-    finally:
-        del os.environ["NSVQ_SEARCH_BACKEND"]
-    check(torch.equal(c[0], b[0]), "nearest_code(auto) with NSVQ_SEARCH_BACKEND=triton")
     r = nearest_code(z, cb, backend="torch")
     check(bool((r[0] == b[0]).all()), "nearest_code torch vs triton backends agree")
     z, cb = _data(gen, 30, 120, 40)
@@ -364,36 +358,35 @@ def group_fused(gen: torch.Generator) -> None:
 # full loss + gradient through the autograd Function
 # ----------------------------------------------------------------------------------------------
 def group_loss(gen: torch.Generator) -> None:
-    from pipeline.quantizers.ns_loss import ns_embedding_loss, ns_embedding_loss_dense
-    from pipeline.quantizers.search import nearest_code
+    from pipeline.quantizers.ns_loss import ns_search_and_loss
+    from tests.reference import ns_embedding_loss_dense
 
     for n, k, d, tau, lam in ((48, 150, 8, 0.5, 0.01), (17, 90, 5, 1.0, 0.2), (13, 40, 32, 0.4, 0.05)):
         z, cb0 = _data(gen, n, k, d)
-        win, _ = nearest_code(z, cb0, backend="triton")
         out = {}
         for backend in ("torch", "triton"):
             cb = cb0.clone().requires_grad_(True)
-            loss = ns_embedding_loss(z, cb, win, tau, lam, backend=backend)
+            _, _, loss = ns_search_and_loss(z, cb, tau, lam, backend=backend)
             loss.backward()
             out[backend] = (loss.detach(), cb.grad.clone())
         if d > 16:   # precision="tf32x3" reaches both passes (fp32 in the interpreter: same values)
             cb = cb0.clone().requires_grad_(True)
-            loss = ns_embedding_loss(z, cb, win, tau, lam, backend="triton", precision="tf32x3")
+            _, _, loss = ns_search_and_loss(z, cb, tau, lam, backend="triton", precision="tf32x3")
             loss.backward()
             el, eg = rel_err(loss.detach(), out["torch"][0]), rel_err(cb.grad, out["torch"][1])
-            check(el <= 1e-4 and eg <= 1e-4, f"ns_embedding_loss tf32x3 N={n} K={k} D={d}: {el:.1e} {eg:.1e}")
+            check(el <= 1e-4 and eg <= 1e-4, f"ns_search_and_loss tf32x3 N={n} K={k} D={d}: {el:.1e} {eg:.1e}")
         lt, gt = out["triton"]
         lr, gr = out["torch"]
         el, eg = rel_err(lt, lr), rel_err(gt, gr)
         check(el <= 1e-4 and eg <= 1e-4,
-              f"ns_embedding_loss N={n} K={k} D={d}: triton vs torch loss {el:.1e} grad {eg:.1e}")
+              f"ns_search_and_loss N={n} K={k} D={d}: triton vs torch loss {el:.1e} grad {eg:.1e}")
         # and against the dense N x K formulation of the NS-VQ reference
         cb = cb0.clone().requires_grad_(True)
         ld = ns_embedding_loss_dense(z, cb, tau, lam)
         ld.backward()
         ed, egd = rel_err(lt, ld.detach()), rel_err(gt, cb.grad)
         check(ed <= 1e-4 and egd <= 1e-4,
-              f"ns_embedding_loss N={n} K={k} D={d}: triton vs dense loss {ed:.1e} grad {egd:.1e}")
+              f"ns_search_and_loss N={n} K={k} D={d}: triton vs dense loss {ed:.1e} grad {egd:.1e}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,13 +419,12 @@ def group_step(gen: torch.Generator) -> None:
             return out
 
     b, h, w, k = 4, 6, 8, 64           # N = 192 latents: an fp32 N x K is 48 KiB, z (D = 40) 30 KiB
-    os.environ["NSVQ_SEARCH_BACKEND"] = "triton"
-    try:
+    if True:
         for method in sorted(METHODS):
             for d, precision in ((8, "fp32"), (40, "fp32"), (40, "tf32x3")):
                 extra = {"transvq": {"model_dim": 16}} if method == "transvq" else {}
-                qp = build(QuantizerParams, {"method": method, "codebook_size": k, "kernel_precision": precision,
-                                             **extra})
+                qp = build(QuantizerParams, {"method": method, "codebook_size": k,
+                                             "search": {"precision": precision, "backend": "triton"}, **extra})
                 torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
                 q = build_quantizer(qp, d)
                 q.set_progress(10_000, 3.0)           # past SF-DiVeQ's warm-up: its curve search runs
@@ -446,8 +438,6 @@ def group_step(gen: torch.Generator) -> None:
                     n = b * h * w
                     check(rec.largest < 4 * n * k, f"{label}: largest tensor {rec.largest} B ({rec.largest_op}),"
                                                    f" fp32 N x K = {4 * n * k} B")
-    finally:
-        del os.environ["NSVQ_SEARCH_BACKEND"]
 
 
 GROUPS = {"search": group_search, "ns": group_ns, "fused": group_fused, "loss": group_loss, "step": group_step}

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")]
 
 SUMMARY_KEYS = {"quantizer_ms_k65536_d8", "quantizer_extra_mb_k65536_d8", "vqpytorch_ms_k65536_d8",
-                "ns_loss_ms_k65536_d8", "kmeans_s_k65536_1m", "train_img_per_s_k65536",
+                "nsvq_search_ns_loss_ms_k65536_d8", "kmeans_s_k65536_1m", "train_img_per_s_k65536",
                 "train_speedup_vs_eager_fp32", "train_mfu", "device", "date"}
 
 
@@ -50,11 +50,7 @@ def test_run_all_parts_in_smoke_mode(tmp_path):
     ours = [r for r in q["quantizer_step"] if r["impl"].startswith("ours") and "CUDA graph" not in r["impl"]]
     assert ours and all(math.isfinite(r["ms"]) for r in ours), ours
     assert {r["note"] for r in q["quantizer_step"] if "CUDA graph" in r["impl"]} == {"CUDA graphs need CUDA"}
-    assert all(r["grad_rel_err"] <= 1e-4 for r in q["ns_loss"]), q["ns_loss"]
-    fused = q["nsvq_search_fused"]
-    assert {r["impl"] for r in fused} == {"search + NS loss, separate", "search fused into NS pass 1"}
-    assert all(r["same_idx_frac"] == 1.0 for r in fused)
-    assert {r["precision"] for r in fused} == {"fp32", "tf32x3"}
+    assert all(r["grad_rel_err"] <= 1e-4 for r in q["nsvq_search_ns_loss"]), q["nsvq_search_ns_loss"]
     assert q["tf32x3_search"] and all(r["mismatch_frac"] == 0.0 for r in q["tf32x3_search"])
 
     tr = json.loads((tmp_path / "train.json").read_text())
@@ -67,7 +63,7 @@ def test_run_all_parts_in_smoke_mode(tmp_path):
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
-    assert summary["device"] == "cpu" and summary["nsvq_search_ns_fused_ms_k65536_d8"] is not None
+    assert summary["device"] == "cpu" and summary["nsvq_search_ns_loss_ms_k65536_d8"] is not None
 
 
 def test_sweep_part_checks_every_launch_config(tmp_path):

@@ -1,4 +1,4 @@
-"""The tf32x3 option of the GPU kernels (``quantizer.kernel_precision``), checked on the CPU.
+"""The tf32x3 option of the GPU kernels (``quantizer.search.precision``), checked on the CPU.
 
 Triton's interpreter multiplies in fp32 whatever ``input_precision`` says, so the interpreter
 tests (test_kernels_triton.py) only show that the option reaches the kernels. The numerics
@@ -19,7 +19,7 @@ import torch
 from pipeline.configbase import ConfigError, build
 from pipeline.config import QuantizerParams
 from pipeline.quantizers import build_quantizer, nearest_code
-from pipeline.quantizers.ns_loss import ns_embedding_loss, ns_weights
+from pipeline.quantizers.ns_loss import ns_search_and_loss, ns_weights
 
 ULP = 2.0 ** -24
 
@@ -114,25 +114,32 @@ def test_tf32x3_ns_stats_track_the_fp32_references_own_error(scale, tau):
                 assert max(e3, e32) <= kappa, (seed, name, e3, e32, kappa)
 
 
-def test_kernel_precision_param_reaches_the_quantizer_and_rejects_bad_names():
-    qp = build(QuantizerParams, {"method": "nsvq", "codebook_size": 16, "kernel_precision": "tf32x3"})
-    q = build_quantizer(qp, 4)
-    assert q.kernel_precision == "tf32x3" and "kernel_precision=tf32x3" in repr(q)
+def test_search_params_reach_the_quantizer_and_reject_bad_names():
+    search = {"precision": "tf32x3", "backend": "torch", "kernel": {"BLOCK_N": 64}, "ns_kernel": {"C_SPLIT": 2}}
+    q = build_quantizer(build(QuantizerParams, {"method": "nsvq", "codebook_size": 16, "search": search}), 4)
+    assert q.search_params.precision == "tf32x3" and q.search_params.kernel.BLOCK_N == 64
+    assert q.search_params.ns_kernel.C_SPLIT == 2 and q.search_params.backend == "torch"
     rq = build_quantizer(build(QuantizerParams, {"method": "vq", "codebook_size": 16, "levels": 2,
-                                                 "kernel_precision": "tf32x3"}), 4)
-    assert rq.kernel_precision == "tf32x3" and all(l.kernel_precision == "tf32x3" for l in rq.layers)
-    with pytest.raises(ConfigError, match="kernel_precision"):
-        build(QuantizerParams, {"kernel_precision": "tf32"})
+                                                 "search": {"precision": "tf32x3"}}), 4)
+    assert all(l.search_params.precision == "tf32x3" for l in rq.layers)
+    for bad, key in [({"precision": "tf32"}, "quantizer.search.precision"),
+                     ({"backend": "cuda"}, "quantizer.search.backend"),
+                     ({"kernel": {"BLOCKN": 64}}, "quantizer.search.kernel.BLOCKN"),
+                     ({"ns_kernel": {"C_SPLIT": -1}}, "quantizer.search.ns_kernel.C_SPLIT")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            build(QuantizerParams, {"search": bad}, "quantizer")
     z, cb = torch.randn(10, 4), torch.randn(16, 4)
     with pytest.raises(ValueError, match="kernel precision"):
         nearest_code(z, cb, precision="bf16")
     with pytest.raises(ValueError, match="kernel precision"):
-        ns_embedding_loss(z, cb.requires_grad_(), torch.zeros(10, dtype=torch.long), 1.0, 0.01, precision="tf32")
-    # on the CPU (torch path) the option changes nothing
+        ns_search_and_loss(z, cb.requires_grad_(), 1.0, 0.01, precision="tf32")
+    with pytest.raises(ValueError, match="search backend"):
+        nearest_code(z, cb, backend="cuda")
+    # on the CPU (torch path) precision and kernel configs change nothing
     z = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
     out = []
-    for p in ("fp32", "tf32x3"):
+    for s in ({}, search):
         torch.manual_seed(0)
-        q = build_quantizer(build(QuantizerParams, {"method": "nsvq", "codebook_size": 16, "kernel_precision": p}), 4)
+        q = build_quantizer(build(QuantizerParams, {"method": "nsvq", "codebook_size": 16, "search": s}), 4)
         out.append(q(z))
     assert torch.equal(out[0].indices, out[1].indices) and torch.equal(out[0].loss, out[1].loss)

@@ -5,22 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import QUANTIZER_METHODS, ModelParams, QuantizerParams
+from pipeline.config import ModelParams, QuantizerParams
 from pipeline.configbase import build
 from pipeline.models.autoencoder import VQAutoencoder
 from pipeline.models.io import load_autoencoder, save_autoencoder
 from pipeline.quantizers import build_quantizer
+from pipeline.quantizers.registry import METHODS
 
 TINY_MODEL = {"hidden_channels": 16, "res_channels": 8, "num_res_blocks": 1, "downsample": 2, "code_dim": 4}
 
 
 @pytest.mark.parametrize("levels", [1, 2])
-@pytest.mark.parametrize("method", QUANTIZER_METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_round_trips_through_a_model_file(tmp_path, method, levels):
     torch.manual_seed(0)
     mp = build(ModelParams, TINY_MODEL, "model")
     qp = build(QuantizerParams, {"method": method, "codebook_size": 8, "levels": levels,
-                                 "sf_diveq": {"skip_steps": 2, "avg_steps": 1}}, "quantizer")
+                                 "sf_diveq": {"skip_steps": 2, "avg_steps": 1},
+                                 "sf_diveq_detach": {"skip_steps": 2, "avg_steps": 1}}, "quantizer")
     model = VQAutoencoder.from_params(mp, build_quantizer(qp, mp.code_dim))
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     model.train()

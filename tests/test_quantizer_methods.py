@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import QUANTIZER_METHODS, QuantizerParams, ReplacementParams
+from pipeline.config import QuantizerParams, ReplacementParams
 from pipeline.configbase import ConfigError, build
 from pipeline.quantizers import METHODS, CodeReplacement, ResidualVQ, build_quantizer
 from pipeline.quantizers import base as base_module
@@ -301,7 +301,7 @@ def test_rotation_loss_trick_hand_case():
 def test_rotation_trick_on_ema_codebook_hand_case():
     """``rotation``: the paper's setup, an EMA codebook (decay 0.8) + commitment, rotated z_q."""
     q = RotationVQ(2, 2, beta=0.25)
-    assert q.decay == 0.8 and not any(p.requires_grad for p in q.parameters())
+    assert q.options.decay == 0.8 and not any(p.requires_grad for p in q.parameters())
     q.init_codebook(t([0.0, 2.0], [-5.0, -5.0]))
     z = t([1.0, 0.0]).requires_grad_()
     out = q(z)
@@ -473,20 +473,19 @@ def test_replacement_touches_only_replaceable_tables(method):
 # Registry and params
 # ---------------------------------------------------------------------------------------------
 def test_registry_matches_params_and_every_method_builds():
-    assert set(QUANTIZER_METHODS) == set(METHODS) and len(QUANTIZER_METHODS) == len(METHODS)
-    for method, (cls, section) in METHODS.items():
-        qp = build(QuantizerParams, {"method": method, "codebook_size": 8}, "quantizer")
+    for name, method in METHODS.items():
+        qp = build(QuantizerParams, {"method": name, "codebook_size": 8}, "quantizer")
         q = build_quantizer(qp, 4)
-        assert type(q) is cls
-        assert section is None or hasattr(qp, section)
+        assert type(q) is method.load()
+        assert isinstance(getattr(qp, name), method.options) and type(q.options) is method.options
 
 
 def test_method_options_are_typed_and_bounded():
     qp = build(QuantizerParams, {"method": "gumbel", "gumbel": {"tau0": 2.0, "anneal_rate": 0.1}})
     q = build_quantizer(qp, 4)
-    assert q.tau0 == 2.0 and q.anneal_rate == 0.1
-    assert build_quantizer(build(QuantizerParams, {"method": "fc", "fc": {"code_dim": 3}}), 6).code_dim == 3
-    assert build_quantizer(build(QuantizerParams, {"method": "ema", "ema": {"decay": 0.9}}), 6).decay == 0.9
+    assert q.options.tau0 == 2.0 and q.options.anneal_rate == 0.1
+    assert build_quantizer(build(QuantizerParams, {"method": "fc", "fc": {"code_dim": 3}}), 6).options.code_dim == 3
+    assert build_quantizer(build(QuantizerParams, {"method": "ema", "ema": {"decay": 0.9}}), 6).options.decay == 0.9
     for bad, key in [({"ema": {"decay": 1.0}}, "quantizer.ema.decay"),
                      ({"levels": 0}, "quantizer.levels"),
                      ({"gumbel": {"tau_min": 2.0}}, "quantizer.gumbel.tau_min"),
@@ -602,7 +601,7 @@ def test_chunked_search_is_used_and_chunking_does_not_change_results(method, mon
     results = []
     for chunk in (1, 5, 8192):
         torch.manual_seed(0)
-        q = make(method, search_chunk=chunk).eval()
+        q = make(method, search={"chunk": chunk}).eval()
         with torch.no_grad():
             results.append(q(z))
     for r in results[1:]:
@@ -650,7 +649,7 @@ def test_no_n_by_k_tensor_and_no_host_sync_in_training_step(method, levels):
     logits are the method itself (see gumbel.py), so it is exempt from the size check."""
     n, k = 211, 37
     torch.manual_seed(0)
-    q = make(method, levels, k=k, dim=5, search_chunk=16)
+    q = make(method, levels, k=k, dim=5, search={"chunk": 16})
     z = torch.randn(n, 5, requires_grad=True)
     q(z)                                    # first step may initialise (SF-DiVeQ); not recorded
     recorder, ops, shapes = record_ops()
@@ -678,7 +677,7 @@ def test_replacement_round_has_no_host_sync(policy):
 
 def test_method_table_flags():
     """replaceable / uses_kmeans_init per method, as documented in quantizers/__init__.py."""
-    flags = {m: (cls.replaceable, cls.uses_kmeans_init) for m, (cls, _) in METHODS.items()}
+    flags = {m: (meth.load().replaceable, meth.load().uses_kmeans_init) for m, meth in METHODS.items()}
     no_replace = {"simvq", "transvq", "sf_diveq", "sf_diveq_detach", "gumbel"}
     own_init = {"simvq", "transvq", "sf_diveq", "sf_diveq_detach"}
     assert flags == {m: (m not in no_replace, m not in own_init) for m in METHODS}

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from pipeline.quantizers import CodeReplacement, build_quantizer, nearest_code
-from pipeline.quantizers.base import modified_straight_through
-from pipeline.quantizers.ns_loss import (ns_embedding_loss, ns_embedding_loss_dense, ns_loss_stats, ns_search_and_loss,
-                                         ns_weights)
+from pipeline.quantizers.ns_loss import ns_search_and_loss, ns_search_stats, ns_weights
 from pipeline.quantizers.nsvq import NSVQ
 from pipeline.quantizers.search import nearest_code_torch
 from pipeline.quantizers.vq import VQ
+from tests.reference import modified_straight_through, ns_embedding_loss_dense
 
 
 def test_nearest_code_chunked_equals_dense_and_bounds_memory():
@@ -75,7 +74,8 @@ def test_ns_loss_hand_case_value_and_gradient():
     tau, lam = 1.0, 0.5
     p1 = math.exp(-4) / (math.exp(-1) + math.exp(-4))
     w1 = lam * 2 * p1
-    loss = ns_embedding_loss(z, e, torch.tensor([0]), tau, lam, backend="torch")
+    idx, _, loss = ns_search_and_loss(z, e, tau, lam, backend="torch")
+    assert idx.tolist() == [0]
     assert loss.item() == pytest.approx((1.0 * 1 + w1 * 4) / 2, rel=1e-6)
     loss.backward()
     # dL/de_k = (2 / (N D)) w_k (e_k - z)
@@ -86,15 +86,14 @@ def test_ns_loss_chunked_equals_dense():
     g = torch.Generator().manual_seed(3)
     z = torch.randn(67, 6, generator=g)
     e = torch.randn(29, 6, generator=g, requires_grad=True)
-    idx, _ = nearest_code_torch(z, e.detach())
     for chunk in (1, 7, 100):
-        l1 = ns_embedding_loss(z, e, idx, 0.5, 0.03, chunk_size=chunk, backend="torch")
+        _, _, l1 = ns_search_and_loss(z, e, 0.5, 0.03, chunk_size=chunk, backend="torch")
         g1, = torch.autograd.grad(l1, e)
         l2 = ns_embedding_loss_dense(z, e, 0.5, 0.03)
         g2, = torch.autograd.grad(l2, e)
         assert l1.item() == pytest.approx(l2.item(), rel=1e-6)
         assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-7)
-    total, s, m = ns_loss_stats(z, e.detach(), idx, 0.5, 0.03, chunk_size=5)
+    _, _, total, s, m = ns_search_stats(z, e.detach(), 0.5, 0.03, chunk_size=5)
     assert s.shape == (29,) and m.shape == (29, 6)
 
 
@@ -123,8 +122,8 @@ def test_ns_loss_moves_non_selected_codes():
     e = torch.randn(16, 4, requires_grad=True)
     with torch.no_grad():
         e[3] += 0.01  # make sure at least one code is a loser
-    idx, _ = nearest_code_torch(z, e.detach())
-    ns_embedding_loss(z, e, idx, 1.0, 0.01, backend="torch").backward()
+    idx, _, loss = ns_search_and_loss(z, e, 1.0, 0.01, backend="torch")
+    loss.backward()
     unused = torch.ones(16, dtype=torch.bool)
     unused[idx] = False
     assert unused.any()
@@ -164,7 +163,7 @@ def test_build_quantizer_from_params():
 
     qp = build(QuantizerParams, {"method": "nsvq", "codebook_size": 16, "nsvq": {"lam": 0.02}}, "quantizer")
     q = build_quantizer(qp, 5)
-    assert isinstance(q, NSVQ) and q.lam == 0.02 and q.codebook.shape == (16, 5)
+    assert isinstance(q, NSVQ) and q.options.lam == 0.02 and q.codebook.shape == (16, 5)
     assert isinstance(build_quantizer(build(QuantizerParams, {"method": "vq"}), 5), VQ)
 
 

@@ -1,28 +1,14 @@
-"""Quantization methods behind one interface (see base.py) and the factory that builds them.
+"""Quantization methods behind one interface (base.py), registered in registry.py.
 
 ``build_quantizer(params.quantizer, dim)`` turns the params section into a module;
-``METHODS`` maps each ``quantizer.method`` name to its class and its options section.
-``quantizer.levels > 1`` wraps that many independent instances of the method in a
-residual VQ (residual.py).
+``METHODS`` (registry.py) maps each ``quantizer.method`` name to its class, options and
+documentation, and is the one list of methods (the README's method table is made from it).
+``quantizer.levels > 1`` wraps that many independent instances of the method in a residual
+VQ (residual.py).
 
-| method           | class               | options section | replaceable | k-means init |
-|------------------|---------------------|-----------------|-------------|--------------|
-| vq               | VQ                  | -               | yes         | yes          |
-| ema              | EMAVQ               | ema             | yes         | yes          |
-| fc               | FactorizedVQ        | fc              | yes (code space) | yes (mapped) |
-| simvq            | SimVQ               | -               | no          | no           |
-| transvq          | TransVQ             | transvq         | no          | no           |
-| nsvq             | NSVQ                | nsvq            | yes         | yes          |
-| diveq            | DiVeQ               | diveq           | yes         | yes          |
-| diveq_detach     | DiVeQDetach         | -               | yes         | yes          |
-| sf_diveq         | SFDiVeQ             | sf_diveq        | no          | no (own)     |
-| sf_diveq_detach  | SFDiVeQDetach       | sf_diveq        | no          | no (own)     |
-| rotation         | RotationVQ          | -               | yes         | yes          |
-| gumbel           | GumbelVQ            | gumbel          | no          | yes          |
-| noise_sub        | NoiseSubstitutionVQ | -               | yes         | yes          |
-
-Importing this package is cheap: the names below load on first use, so code that needs
-only the nearest-code search (k-means, metrics) does not import every method.
+Importing this package is cheap: the names below load on first use, so code that needs only
+the registry (params validation) or the nearest-code search (k-means, metrics) does not import
+every method, and the registry does not import torch.
 """
 from __future__ import annotations
 

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .search import kernel_config, nearest_code
+from .. import configbase
+from ..config import QuantizerParams, SearchParams
+from .registry import method_of
+from .search import nearest_code, search_kwargs
 
 
 @dataclass
@@ -80,18 +83,19 @@ class Quantizer(nn.Module):
     #: stages/train_vq.py calls ``init_codebook`` only when this is True.
     uses_kmeans_init = True
 
-    def __init__(self, codebook_size: int, dim: int, *, beta: float = 0.25, search_chunk: int = 8192,
-                 kernel_precision: str = "fp32"):
+    def __init__(self, codebook_size: int, dim: int, options=None, *, beta: float = QuantizerParams.beta,
+                 search: SearchParams | None = None, **overrides):
+        """``options``: the method's options dataclass (registry.py), its defaults when None;
+        ``overrides``: option fields to change, validated like params.yaml (``EMAVQ(8, 4, decay=0.9)``).
+        ``search``: the nearest-code search params (backend, chunk, kernel precision and configs)."""
         super().__init__()
         if codebook_size < 2:
             raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
-        kernel_config(kernel_precision)   # fails early on a bad name
-        #: matmul precision of the GPU search / NS-loss kernels (``search.KERNEL_PRECISIONS``)
-        self.kernel_precision = kernel_precision
+        self.options = resolve_options(type(self), options, overrides)
+        self.search_params = search if search is not None else SearchParams()
         self.codebook_size = codebook_size
         self.dim = dim
         self.beta = beta
-        self.search_chunk = search_chunk
         # Assignments per code since the last replacement round (training mode only).
         self.register_buffer("usage_counts", torch.zeros(codebook_size), persistent=True)
         self.last_latents: torch.Tensor | None = None
@@ -127,8 +131,7 @@ class Quantizer(nn.Module):
     def search(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest code for each row through the shared bounded-memory search."""
         cb = self.codebook if codebook is None else codebook
-        return nearest_code(z.detach(), cb.detach(), chunk_size=self.search_chunk,
-                            precision=self.kernel_precision)
+        return nearest_code(z.detach(), cb.detach(), **search_kwargs(self.search_params))
 
     def set_progress(self, step: int, epoch: float) -> None:
         """Schedules (temperatures, warm-ups) read the training position here; default none."""
@@ -184,5 +187,17 @@ class Quantizer(nn.Module):
         return stats
 
     def extra_repr(self) -> str:
-        prec = "" if self.kernel_precision == "fp32" else f", kernel_precision={self.kernel_precision}"
-        return f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}{prec}"
+        opts = "".join(f", {k}={v!r}" for k, v in configbase.to_dict(self.options).items()) if self.options else ""
+        return f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}{opts}"
+
+
+def resolve_options(cls: type, options, overrides: dict):
+    """The options of a ``cls`` instance: ``options`` (or the registered default) with
+    ``overrides`` applied and validated; None for classes the registry does not list."""
+    method = method_of(cls)
+    if method is None:
+        if options is not None or overrides:
+            raise TypeError(f"{cls.__name__} is not a registered method and takes no options")
+        return None
+    base = configbase.to_dict(options) if options is not None else {}
+    return configbase.build(method.options, {**base, **overrides}, method.name)

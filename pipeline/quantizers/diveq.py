@@ -38,13 +38,11 @@ def directional_error(z: torch.Tensor, target: torch.Tensor, sigma: float) -> to
 
 
 class DiVeQ(TableQuantizer):
-    """DiVeQ quantizer; ``sigma`` is the std of the directional noise v."""
+    """DiVeQ quantizer; ``options.sigma`` is the std of the directional noise v."""
 
-    def __init__(self, codebook_size: int, dim: int, *, sigma: float = 1e-3, **kw):
-        super().__init__(codebook_size, dim, **kw)
-        if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
-        self.sigma = sigma
+    @property
+    def sigma(self) -> float:
+        return self.options.sigma
 
     def quantize_flat(self, z):
         idx, _ = self.search(z)
@@ -54,12 +52,8 @@ class DiVeQ(TableQuantizer):
             return q, idx, loss
         return z + directional_error(z, q, self.sigma), idx, loss, q
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", sigma={self.sigma}"
-
 
 class DiVeQDetach(DiVeQ):
     """DiVeQ without the directional noise (the paper's detach variant): forward value = c."""
 
-    def __init__(self, codebook_size: int, dim: int, **kw):
-        super().__init__(codebook_size, dim, sigma=0.0, **kw)
+    sigma = 0.0

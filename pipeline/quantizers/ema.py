@@ -22,12 +22,8 @@ from .base import Quantizer, code_histogram, straight_through
 
 
 class EMAVQ(Quantizer):
-    def __init__(self, codebook_size: int, dim: int, *, decay: float = 0.99, eps: float = 1e-5, **kw):
-        super().__init__(codebook_size, dim, **kw)
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1), got {decay}")
-        self.decay = decay
-        self.eps = eps
+    def __init__(self, codebook_size: int, dim: int, options=None, **kw):
+        super().__init__(codebook_size, dim, options, **kw)
         init = torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size)
         self.register_buffer("embedding", init)
         self.register_buffer("ema_count", torch.ones(codebook_size))
@@ -55,13 +51,14 @@ class EMAVQ(Quantizer):
 
     @torch.no_grad()
     def _ema_update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        d = self.decay
+        d = self.options.decay
         counts = code_histogram(idx, self.codebook_size)
         sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)
         self.ema_count.mul_(d).add_(counts, alpha=1 - d)
         self.ema_sum.mul_(d).add_(sums, alpha=1 - d)
         total = self.ema_count.sum()
-        smoothed = (self.ema_count + self.eps) / (total + self.codebook_size * self.eps) * total
+        eps = self.options.eps
+        smoothed = (self.ema_count + eps) / (total + self.codebook_size * eps) * total
         self.embedding.copy_(self.ema_sum / smoothed[:, None])
 
     @torch.no_grad()
@@ -72,7 +69,4 @@ class EMAVQ(Quantizer):
         self.embedding.copy_(torch.where(mask[:, None], cand, self.embedding))
         self.ema_sum.copy_(torch.where(mask[:, None], cand, self.ema_sum))
         self.ema_count.copy_(torch.where(mask, torch.ones_like(self.ema_count), self.ema_count))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", decay={self.decay}, eps={self.eps}"
 

@@ -22,11 +22,9 @@ from .base import Quantizer, straight_through
 
 
 class FactorizedVQ(Quantizer):
-    def __init__(self, codebook_size: int, dim: int, *, code_dim: int = 8, **kw):
-        super().__init__(codebook_size, dim, **kw)
-        if code_dim < 1:
-            raise ValueError(f"code_dim must be >= 1, got {code_dim}")
-        self.code_dim = code_dim
+    def __init__(self, codebook_size: int, dim: int, options=None, **kw):
+        super().__init__(codebook_size, dim, options, **kw)
+        code_dim = self.options.code_dim
         self.proj_in = nn.Linear(dim, code_dim)
         self.proj_out = nn.Linear(code_dim, dim)
         # Only the direction of a code matters (it is normalized before use).
@@ -63,6 +61,3 @@ class FactorizedVQ(Quantizer):
                              f"({self.codebook_size}, {self.dim})")
         mapped = self.code_space(codes.to(self.embedding.device))
         self.reseed_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=mapped.device), mapped)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", code_dim={self.code_dim}"

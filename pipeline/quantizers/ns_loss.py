@@ -1,4 +1,5 @@
-"""Dense non-stationary (NS) embedding loss of NS-VQ, with a closed-form backward.
+"""Dense non-stationary (NS) embedding loss of NS-VQ, with a closed-form backward, and the
+nearest-code search it carries.
 
 NS-VQ paper (the "dense" embedding loss, DESIGN.md "NS-VQ"): for latent z_i and every code e_k
 
@@ -9,16 +10,16 @@ NS-VQ paper (the "dense" embedding loss, DESIGN.md "NS-VQ"): for latent z_i and 
 Because z is stopped and w is detached, dL/de_k = (2 / (N D)) (s_k e_k - M_k) with
 s_k = sum_i w_ik and M_k = sum_i w_ik z_i. One streaming pass over row chunks therefore
 yields the loss and everything the backward needs (s: K, M: K x D); no N x K tensor
-outlives a chunk and none is kept for the backward. The winners come from the same scores, so
-``ns_search_and_loss`` also returns the nearest-code search from that one pass (NSVQ uses it).
-This torch version is the reference for the fused Triton kernels
-(pipeline/kernels/ns_loss_triton.py, pipeline/kernels/ns_fused_triton.py).
+outlives a chunk and none is kept for the backward. The winners come from the same scores,
+so the pass is also the nearest-code search (``ns_search_and_loss``, what NSVQ calls). This
+torch version is the reference for the Triton kernels (pipeline/kernels/ns_fused_triton.py,
+pipeline/kernels/ns_loss_triton.py).
 """
 from __future__ import annotations
 
 import torch
 
-from .search import MAX_BLOCK_ELEMS, _backend, check_shapes, chunk_rows, kernel_config, winner_distance
+from .search import MAX_BLOCK_ELEMS, check_shapes, chunk_rows, kernel_config, select_backend, winner_distance
 
 
 def ns_weights(dist: torch.Tensor, winner: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
@@ -30,15 +31,17 @@ def ns_weights(dist: torch.Tensor, winner: torch.Tensor, tau: float, lam: float)
 
 
 @torch.no_grad()
-def _chunked_stats(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor | None, tau: float,
-                   lam: float, chunk_size: int, max_block_elems: int):
-    """(winner, total, s, M) over row chunks; winner None: each chunk's argmin of its scores."""
+def ns_search_stats(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, chunk_size: int = 8192,
+                    max_block_elems: int = MAX_BLOCK_ELEMS):
+    """(idx (N,) long, dist (N,), total, s (K,), M (K, D)), all fp32: ``nearest_code_torch``'s
+    index and distance, and sum_ik w_ik d_ik, s and M for those winners, from one sweep over
+    the scores in row chunks."""
     z = z.float()
     e = codebook.float()
     e2 = (e * e).sum(1)
     et = e.t()
     n = z.shape[0]
-    win = torch.empty(n, dtype=torch.long, device=z.device) if winner is None else winner
+    win = torch.empty(n, dtype=torch.long, device=z.device)
     s = torch.zeros(e.shape[0], device=z.device)
     m = torch.zeros_like(e)
     total = torch.zeros((), device=z.device)
@@ -48,31 +51,13 @@ def _chunked_stats(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor
         # ||e||^2 - 2 z.e: the same op on the same chunks as nearest_code_torch, so the argmin
         # below is its index bit for bit; + ||z||^2 and the clamp make it the distance.
         sc = torch.addmm(e2, zc, et, beta=1.0, alpha=-2.0)
-        if winner is None:
-            win[a:a + rows] = sc.argmin(1)
+        win[a:a + rows] = sc.argmin(1)
         d = sc.add_((zc * zc).sum(1, keepdim=True)).clamp_(min=0.0)
         w = ns_weights(d, win[a:a + rows], tau, lam)
         total += (w * d).sum()
         s += w.sum(0)
         m.addmm_(w.t(), zc)
-    return win, total, s, m
-
-
-@torch.no_grad()
-def ns_loss_stats(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor, tau: float, lam: float,
-                  chunk_size: int = 8192, max_block_elems: int = MAX_BLOCK_ELEMS
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Chunked pass: (sum_ik w_ik d_ik, s (K,), M (K, D)), all fp32."""
-    return _chunked_stats(z, codebook, winner, tau, lam, chunk_size, max_block_elems)[1:]
-
-
-@torch.no_grad()
-def ns_search_stats(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, chunk_size: int = 8192,
-                    max_block_elems: int = MAX_BLOCK_ELEMS):
-    """(idx (N,) long, dist (N,), total, s, M): ``nearest_code_torch``'s index and distance and
-    ``ns_loss_stats`` for those winners, from one sweep over the scores (not one per result)."""
-    idx, total, s, m = _chunked_stats(z, codebook, None, tau, lam, chunk_size, max_block_elems)
-    return idx, winner_distance(z, codebook, idx), total, s, m
+    return win, winner_distance(z, codebook, win), total, s, m
 
 
 class _NSLossFromStats(torch.autograd.Function):
@@ -92,49 +77,24 @@ class _NSLossFromStats(torch.autograd.Function):
         return grad_e.to(codebook.dtype), None, None, None, None, None
 
 
-def ns_embedding_loss(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor, tau: float,
-                      lam: float, *, chunk_size: int = 8192, backend: str = "auto",
-                      precision: str = "fp32") -> torch.Tensor:
-    """Dense NS embedding loss (NS-VQ, DESIGN.md); gradient reaches ``codebook`` only.
-
-    z: (N, D) latents (treated as sg(z)); codebook: (K, D); winner: (N,) nearest-code indices.
-    backend "auto" uses the fused Triton kernel on CUDA when available; precision is the
-    kernel's matmul precision (``search.KERNEL_PRECISIONS``; the torch path is fp32).
-    """
-    kernel_cfg = kernel_config(precision)   # rejects a bad name on every backend
-    with torch.no_grad():
-        if _backend(z, backend) == "triton":
-            from ..kernels.ns_loss_triton import ns_loss_stats_triton
-
-            total, s, m = ns_loss_stats_triton(z, codebook, winner, tau, lam, config=kernel_cfg)
-        else:
-            total, s, m = ns_loss_stats(z, codebook, winner, tau, lam, chunk_size)
-    return _NSLossFromStats.apply(codebook, total, s, m, *z.shape)
-
-
 def ns_search_and_loss(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float, *,
-                       chunk_size: int = 8192, backend: str = "auto", precision: str = "fp32"
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(idx, dist, loss): ``nearest_code(z, codebook)`` and ``ns_embedding_loss`` for those
-    winners, with the search done inside the loss's own sweep over the N x K scores (torch:
-    the chunk's score block; Triton: pipeline/kernels/ns_fused_triton.py), so the scores are
-    computed once for both instead of twice. Arguments as in ``ns_embedding_loss``."""
-    kernel_cfg = kernel_config(precision)
+                       chunk_size: int = 8192, backend: str = "auto", precision: str = "fp32",
+                       config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(idx, dist, loss): ``nearest_code(z, codebook)`` and the dense NS embedding loss for those
+    winners, whose gradient reaches ``codebook`` only (z is treated as sg(z)).
+
+    The search runs inside the loss's own sweep over the N x K scores (torch: the chunk's score
+    block; Triton: pipeline/kernels/ns_fused_triton.py), so the scores are computed once for
+    both. backend as in ``nearest_code``; precision is the kernels' matmul precision
+    (``search.KERNEL_PRECISIONS``; the torch path is fp32); config: launch-config overrides of
+    the NS kernels (``NSKernelParams``)."""
+    kernel_cfg = kernel_config(precision, config)   # rejects a bad name on every backend
     check_shapes("ns_search_and_loss", z, codebook)
     with torch.no_grad():
-        if _backend(z, backend) == "triton":
+        if select_backend(z, backend) == "triton":
             from ..kernels.ns_fused_triton import ns_search_stats_triton
 
             idx, dist, total, s, m = ns_search_stats_triton(z, codebook, tau, lam, config=kernel_cfg)
         else:
             idx, dist, total, s, m = ns_search_stats(z, codebook, tau, lam, chunk_size)
     return idx, dist, _NSLossFromStats.apply(codebook, total, s, m, *z.shape)
-
-
-def ns_embedding_loss_dense(z: torch.Tensor, codebook: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
-    """The loss written as the NS-VQ reference code writes it (full N x K matrices), for tests."""
-    zd = z.detach()
-    dist = ((zd[:, None, :] - codebook[None, :, :]) ** 2).sum(-1)          # (N, K), grads to codebook
-    winner = dist.detach().argmin(1)
-    w = ns_weights(dist.detach(), winner, tau, lam)
-    return (w * dist).sum() / (z.shape[0] * z.shape[1])

@@ -16,32 +16,27 @@ from __future__ import annotations
 import math
 
 from .ns_loss import ns_search_and_loss
+from .search import kernel_overrides
 from .table_lookup import table_lookup
 from .vq import TableQuantizer
 
 
 class NSVQ(TableQuantizer):
-    def __init__(self, codebook_size: int, dim: int, *, lam: float = 0.01, tau0: float = 1.0,
-                 tau_decay: float = 0.9, alpha: float = 1.0, **kw):
-        super().__init__(codebook_size, dim, **kw)
-        self.lam = lam
-        self.tau0 = tau0
-        self.tau_decay = tau_decay
-        self.alpha = alpha
-        self.tau = tau0
+    def __init__(self, codebook_size: int, dim: int, options=None, **kw):
+        super().__init__(codebook_size, dim, options, **kw)
+        self.tau = self.options.tau0
 
     def set_progress(self, step: int, epoch: float) -> None:
         """tau = tau0 * tau_decay ** floor(epoch) (the paper decays once per epoch)."""
-        self.tau = self.tau0 * self.tau_decay ** math.floor(epoch)
+        self.tau = self.options.tau0 * self.options.tau_decay ** math.floor(epoch)
 
     def quantize_flat(self, z):
         # the search runs inside the NS loss's sweep over the scores (one pass, not two)
-        idx, dist, emb = ns_search_and_loss(z, self.embedding, self.tau, self.lam, chunk_size=self.search_chunk,
-                                            precision=self.kernel_precision)
+        sp = self.search_params
+        idx, dist, emb = ns_search_and_loss(z, self.embedding, self.tau, self.options.lam, chunk_size=sp.chunk,
+                                            backend=sp.backend, precision=sp.precision,
+                                            config=kernel_overrides(sp.ns_kernel))
         # commitment + modified STE (no separate codebook term: the dense loss is that term)
         zq, commit = table_lookup(z, self.embedding, idx, dist, codebook_weight=0.0, beta=self.beta,
-                                  ste_scale=2.0 * self.alpha / z.numel())
+                                  ste_scale=2.0 * self.options.alpha / z.numel())
         return zq, idx, emb + commit
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", lam={self.lam}, tau0={self.tau0}, tau_decay={self.tau_decay}, alpha={self.alpha}"

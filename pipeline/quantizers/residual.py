@@ -32,8 +32,7 @@ class ResidualVQ(Quantizer):
         if len(layers) < 1:
             raise ValueError("ResidualVQ needs at least one level")
         first = layers[0]
-        super().__init__(first.codebook_size, first.dim, beta=first.beta, search_chunk=first.search_chunk,
-                         kernel_precision=first.kernel_precision)
+        super().__init__(first.codebook_size, first.dim, beta=first.beta, search=first.search_params)
         self.layers = nn.ModuleList(layers)
         self.uses_kmeans_init = first.uses_kmeans_init
 

@@ -50,10 +50,7 @@ def rotate_onto(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 class RotationVQ(EMAVQ):
-    """Rotation trick on an EMA codebook (the paper's training setup)."""
-
-    def __init__(self, codebook_size: int, dim: int, *, decay: float = 0.8, eps: float = 1e-5, **kw):
-        super().__init__(codebook_size, dim, decay=decay, eps=eps, **kw)
+    """Rotation trick on an EMA codebook (the paper's training setup; decay 0.8, RotationOptions)."""
 
     def pass_through(self, z, q):
         return rotate_onto(z, q)

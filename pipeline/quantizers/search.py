@@ -9,8 +9,6 @@ The torch path is the reference the kernel is tested against.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 # One chunk's distance block holds at most this many fp32 elements (256 MiB).
@@ -21,26 +19,40 @@ MAX_BLOCK_ELEMS = 1 << 26
 #: splits each fp32 operand into two TF32 parts and sums three tensor-core products (relative
 #: error about 2^-21 per product instead of 2^-24). The torch path and D <= 16 are fp32 always.
 KERNEL_PRECISIONS = {"fp32": "ieee", "tf32x3": "tf32x3"}
+BACKENDS = ("auto", "torch", "triton")
 
 
-def kernel_config(precision: str) -> dict:
-    """The Triton kernels' ``config`` override for a ``KERNEL_PRECISIONS`` name."""
+def kernel_config(precision: str, overrides: dict | None = None) -> dict:
+    """The Triton kernels' ``config`` for a ``KERNEL_PRECISIONS`` name and launch-config overrides."""
     if precision not in KERNEL_PRECISIONS:
         raise ValueError(f"kernel precision must be one of {', '.join(KERNEL_PRECISIONS)}, got {precision!r}")
-    return {"precision": KERNEL_PRECISIONS[precision]}
+    return {**(overrides or {}), "precision": KERNEL_PRECISIONS[precision]}
 
 
-def _backend(z: torch.Tensor, backend: str) -> str:
+def select_backend(z: torch.Tensor, backend: str) -> str:
+    """"torch" or "triton" for a call on ``z``: ``backend`` itself unless "auto", which picks
+    the Triton kernels for CUDA tensors when Triton is there and the chunked torch path otherwise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"search backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend != "auto":
         return backend
-    if os.environ.get("NSVQ_SEARCH_BACKEND"):
-        return os.environ["NSVQ_SEARCH_BACKEND"]
     if z.is_cuda:
         from ..kernels import triton_available
 
         if triton_available():
             return "triton"
     return "torch"
+
+
+def kernel_overrides(kernel_params) -> dict:
+    """The set keys of a SearchKernelParams / NSKernelParams section (None means the kernel's default)."""
+    return {k: v for k, v in vars(kernel_params).items() if v is not None and not k.startswith("_")}
+
+
+def search_kwargs(sp) -> dict:
+    """``nearest_code`` keyword arguments from a SearchParams section (pipeline/config.py)."""
+    return dict(chunk_size=sp.chunk, backend=sp.backend, precision=sp.precision,
+                config=kernel_overrides(sp.kernel))
 
 
 def chunk_rows(num_codes: int, chunk_size: int, max_block_elems: int = MAX_BLOCK_ELEMS) -> int:
@@ -82,19 +94,19 @@ def check_shapes(who: str, z: torch.Tensor, codebook: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int = 8192,
-                 backend: str = "auto", precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int = 8192, backend: str = "auto",
+                 precision: str = "fp32", config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Index (N,) long and squared distance (N,) fp32 of the nearest code for each row of z.
 
-    backend: "auto" (Triton on CUDA when available, else torch), "torch" or "triton".
-    The env var NSVQ_SEARCH_BACKEND overrides "auto". precision: see ``KERNEL_PRECISIONS``
-    (with "tf32x3" two codes within ~2^-21 relative of each other may swap; the returned
-    distance is the chosen code's exact fp32 distance either way).
+    backend: see :func:`select_backend`. precision: see ``KERNEL_PRECISIONS`` (with "tf32x3"
+    two codes within ~2^-21 relative of each other may swap; the returned distance is the
+    chosen code's exact fp32 distance either way). config: launch-config overrides of the
+    search kernel (``SearchKernelParams``). The torch path ignores precision and config.
     """
-    config = kernel_config(precision)
+    kernel_cfg = kernel_config(precision, config)
     check_shapes("nearest_code", z, codebook)
-    if _backend(z, backend) == "triton":
+    if select_backend(z, backend) == "triton":
         from ..kernels.search_triton import nearest_code_triton
 
-        return nearest_code_triton(z, codebook, config=config)
+        return nearest_code_triton(z, codebook, config=kernel_cfg)
     return nearest_code_torch(z, codebook, chunk_size)

@@ -34,8 +34,6 @@ Inference (eval mode), ``inference``:
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from .diveq import directional_error
@@ -53,19 +51,16 @@ class SFDiVeQ(TableQuantizer):
     replaceable = False
     uses_kmeans_init = False
 
-    def __init__(self, codebook_size: int, dim: int, *, sigma: float = 1e-3, skip_steps: int = 200,
-                 avg_steps: int = 50, inference: Literal["codes", "curve"] = "codes", **kw):
-        super().__init__(codebook_size, dim, **kw)
-        if sigma < 0 or skip_steps < 0 or avg_steps < 0:
-            raise ValueError("sigma, skip_steps and avg_steps must be >= 0")
-        if avg_steps > skip_steps:
-            raise ValueError(f"avg_steps ({avg_steps}) must be <= skip_steps ({skip_steps})")
-        if inference not in ("codes", "curve"):
-            raise ValueError(f"inference must be 'codes' or 'curve', got {inference!r}")
-        self.sigma, self.skip_steps, self.avg_steps, self.inference = sigma, skip_steps, avg_steps, inference
+    def __init__(self, codebook_size: int, dim: int, options=None, **kw):
+        super().__init__(codebook_size, dim, options, **kw)
         self.step = 0
-        self.initialized = skip_steps == 0
+        self.initialized = self.options.skip_steps == 0
         self._pool: list[torch.Tensor] = []
+
+    @property
+    def sigma(self) -> float:
+        """Std of the directional noise (the detach variant: none)."""
+        return self.options.sigma
 
     def set_progress(self, step: int, epoch: float) -> None:
         self.step = step
@@ -96,8 +91,9 @@ class SFDiVeQ(TableQuantizer):
         zero = z.new_zeros(())
         if not self.training:
             return self._inference(z, zero)
-        if self.step < self.skip_steps:
-            if self.step >= self.skip_steps - self.avg_steps:
+        skip = self.options.skip_steps
+        if self.step < skip:
+            if self.step >= skip - self.options.avg_steps:
                 self._pool.append(z.detach())
             idx, _ = self.search(z)
             return z, idx, zero, z
@@ -119,7 +115,7 @@ class SFDiVeQ(TableQuantizer):
     def _inference(self, z, zero):
         idx, _ = self.search(z)
         c = self.embedding
-        if self.inference == "codes":
+        if self.options.inference == "codes":
             return c[idx], idx, zero
         last = self.codebook_size - 2
         s0, s1 = (idx - 1).clamp(0, last), idx.clamp(0, last)
@@ -128,10 +124,6 @@ class SFDiVeQ(TableQuantizer):
         use1 = ((z - p1).pow(2).sum(1) < (z - p0).pow(2).sum(1))[:, None]
         return torch.where(use1, p1, p0), torch.where(use1[:, 0], s1, s0), zero
 
-    def extra_repr(self) -> str:
-        return (super().extra_repr() + f", sigma={self.sigma}, skip_steps={self.skip_steps}, "
-                f"avg_steps={self.avg_steps}, inference={self.inference!r}")
-
 
 class SFDiVeQDetach(SFDiVeQ):
     """SF-DiVeQ without directional noise: the forward value is exactly the dithered point.
@@ -139,5 +131,4 @@ class SFDiVeQDetach(SFDiVeQ):
     (The reference ``sf_diveq_detach.py`` uses (c_j - z) in both segment terms; we use
     (c_{j+1} - z) for the second, which is what makes the forward value c~_j.)"""
 
-    def __init__(self, codebook_size: int, dim: int, *, sigma: float = 0.0, **kw):
-        super().__init__(codebook_size, dim, sigma=0.0, **kw)   # shares the sf_diveq options; sigma unused
+    sigma = 0.0

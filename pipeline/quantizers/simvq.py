@@ -24,8 +24,8 @@ class SimVQ(Quantizer):
     replaceable = False
     uses_kmeans_init = False
 
-    def __init__(self, codebook_size: int, dim: int, **kw):
-        super().__init__(codebook_size, dim, **kw)
+    def __init__(self, codebook_size: int, dim: int, options=None, **kw):
+        super().__init__(codebook_size, dim, options, **kw)
         self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) * dim ** -0.5)
         self.transform = self.build_transform()
 

@@ -70,10 +70,6 @@ class CodebookTransformer(nn.Module):
 class TransVQ(SimVQ):
     """SimVQ with :class:`CodebookTransformer` as the map over the frozen table."""
 
-    def __init__(self, codebook_size: int, dim: int, *, model_dim: int = 256, mlp_ratio: float = 2.0,
-                 learned_pos: bool = True, **kw):
-        self._transformer_args = (model_dim, mlp_ratio, learned_pos)   # read by build_transform
-        super().__init__(codebook_size, dim, **kw)
-
     def build_transform(self) -> nn.Module:
-        return CodebookTransformer(self.codebook_size, self.dim, *self._transformer_args)
+        o = self.options
+        return CodebookTransformer(self.codebook_size, self.dim, o.model_dim, o.mlp_ratio, o.learned_pos)

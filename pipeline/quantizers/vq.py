@@ -15,8 +15,8 @@ from .table_lookup import table_lookup
 class TableQuantizer(Quantizer):
     """A quantizer whose codebook is one learnable (K, D) table."""
 
-    def __init__(self, codebook_size: int, dim: int, **kw):
-        super().__init__(codebook_size, dim, **kw)
+    def __init__(self, codebook_size: int, dim: int, options=None, **kw):
+        super().__init__(codebook_size, dim, options, **kw)
         # Uniform(-1/K, 1/K) as in the VQ-VAE and NS-VQ reference code; k-means init overwrites it.
         self.embedding = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size))
 

@@ -22,13 +22,14 @@ from .table import build_table, exp_show, write_table
 
 
 def resolve_methods(methods: list[str]) -> list[str]:
-    from ..config import QUANTIZER_METHODS
+    """``methods`` checked against the registry; "all": every registered method."""
+    from ..quantizers.registry import METHODS
 
     if "all" in methods:
-        return list(QUANTIZER_METHODS)
-    unknown = [m for m in methods if m not in QUANTIZER_METHODS]
+        return list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(QUANTIZER_METHODS)})")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
     return list(methods)
 
 
@@ -50,9 +51,9 @@ def prefect_api_url() -> str | None:
 
 
 def study_command(methods: list[str], sizes: list[int], budget: dict[str, str]) -> str:
-    from ..config import QUANTIZER_METHODS
+    from ..quantizers.registry import METHODS
 
-    m = "all" if list(methods) == list(QUANTIZER_METHODS) else " ".join(methods)
+    m = "all" if list(methods) == list(METHODS) else " ".join(methods)
     sets = " ".join(f"--set {k}={v}" for k, v in sorted(budget.items()))
     return f"python -m pipeline.study --methods {m} --codebook-sizes {' '.join(map(str, sizes))} {sets}"
 
