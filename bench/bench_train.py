@@ -32,7 +32,7 @@ from common import DEVICE, SMOKE, sync, table, write_json
 from pipeline.config import DataParams, PretrainParams, QuantizerParams, TrainVQParams
 from pipeline.configbase import build
 from pipeline.data import load_split, prepare_dataset
-from pipeline.host_sync import HostSyncRecorder, count_cuda_syncs
+from tools.host_sync import HostSyncRecorder, count_cuda_syncs
 from pipeline.models.autoencoder import VQAutoencoder
 from pipeline.pretraining import encode_images, pretrain_autoencoder
 from pipeline.quantizers import CodeReplacement, build_quantizer
@@ -103,7 +103,7 @@ def model_flops(images, method: str, k: int) -> float:
 
 def host_syncs_per_step(step_fn, first: int, n: int = 10) -> float:
     """Host syncs per training step over n more steps: torch's sync debug mode on the GPU; in
-    smoke runs on the CPU, the ops that would sync on a GPU (pipeline/host_sync.py; the CPU's
+    smoke runs on the CPU, the ops that would sync on a GPU (tools/host_sync.py; the CPU's
     unfused Adam reads its step counter, so not 0 there)."""
     steps = iter(range(first, first + n))
     if DEVICE == "cuda":

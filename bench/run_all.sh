@@ -7,7 +7,7 @@
 #   bash bench/run_all.sh quantizer       # one part: kmeans | quantizer | train | profile | sweep | summary
 #
 # One part fits a 10-minute call; run them in this order and `summary` last. `sweep` times every
-# launch config of the three kernels (pipeline/kernels/cli.py) to pick the defaults from.
+# launch config of the kernels (bench/sweep_kernels.py) to pick the defaults from.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1
@@ -27,12 +27,11 @@ sweep_failed=0
 if run sweep; then
   # smoke mode: toy sizes, checked on the CPU under TRITON_INTERPRET=1, not timed
   if [[ "${NSVQ_BENCH_SMOKE:-}" == 1 ]]; then size=(--device cpu --n 33 --k 200); else size=(); fi
-  for spec in "search_triton 8" "search_triton 64" "ns_loss_triton 8" "ns_loss_triton 64" \
-              "ns_fused_triton 8" "ns_fused_triton 64"; do
-    read -r module d <<< "$spec"
+  for spec in "search 8" "search 64" "ns 8" "ns 64"; do
+    read -r kernels d <<< "$spec"
     # a wrong or failing config is in the log and fails the part at the end; the other sweeps still run
-    (cd .. && python3 -m "pipeline.kernels.$module" --sweep --d "$d" ${size[@]+"${size[@]}"}) 2>&1 \
-      | tee "$OUT/sweep_${module}_d$d.log" || { sweep_failed=1; echo "sweep failed: $module --d $d" >&2; }
+    python3 sweep_kernels.py "$kernels" --sweep --d "$d" ${size[@]+"${size[@]}"} 2>&1 \
+      | tee "$OUT/sweep_${kernels}_d$d.log" || { sweep_failed=1; echo "sweep failed: $kernels --d $d" >&2; }
   done
 fi
 if run summary || [[ "$part" == all ]]; then python3 summarize.py "$OUT"; fi

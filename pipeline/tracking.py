@@ -123,7 +123,7 @@ class StageRun:
             self.client.set_tag(self.parent_id if parent else self.run_id, k, str(v))
 
 
-def _experiment_id(client, root: Path) -> str:
+def experiment_id(client, root: Path) -> str:
     name = os.environ.get("NSVQ_EXPERIMENT", "nsvq-pipeline")
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -154,7 +154,7 @@ def stage_run(stage: str, params_path: str | Path = "params.yaml") -> Iterator[S
     root = repo_root()
     params_path = Path(params_path)
     client = MlflowClient(tracking_uri=tracking_uri(root))
-    exp_id = _experiment_id(client, root)
+    exp_id = experiment_id(client, root)
     commit = git_commit(root)
     common = {"mlflow.source.git.commit": commit, "git_commit": commit}
     if os.environ.get("DVC_EXP_NAME"):

@@ -31,8 +31,6 @@ SUMMARY_KEYS = {"quantizer_ms_k65536_d8", "quantizer_extra_mb_k65536_d8", "vqpyt
 def _smoke_env(out: Path) -> dict:
     env = {**os.environ, "NSVQ_BENCH_SMOKE": "1", "TRITON_INTERPRET": "1", "OUT": str(out),
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    for var in ("NSVQ_SEARCH_BACKEND", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG"):
-        env.pop(var, None)
     return env
 
 
@@ -67,17 +65,20 @@ def test_run_all_parts_in_smoke_mode(tmp_path):
 
 
 def test_sweep_part_checks_every_launch_config(tmp_path):
-    """``run_all.sh sweep``: each kernel module's CLI (pipeline/kernels/cli.py) runs its whole
-    sweep; in smoke mode at toy sizes under the interpreter, checked and not timed. Every
-    config must run and agree with the torch reference (the CLI's own ``ok``), so a stale
-    sweep key or a CLI crash shows up here, not in a GPU session."""
+    """``run_all.sh sweep``: bench/sweep_kernels.py runs each kernel's whole sweep; in smoke mode
+    at toy sizes under the interpreter, checked and not timed. Every config must run and agree
+    with the torch reference (the script's own ``ok``), so a stale sweep key or a crash shows
+    up here, not in a GPU session."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import sweep_kernels
+
     _run_part("sweep", tmp_path)
-    for module, d in itertools.product(("search_triton", "ns_loss_triton", "ns_fused_triton"), (8, 64)):
-        log = tmp_path / f"sweep_{module}_d{d}.log"
+    for kernels, d in itertools.product(("search", "ns"), (8, 64)):
+        log = tmp_path / f"sweep_{kernels}_d{d}.log"
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
         header, results = lines[0], lines[1:]
         assert (header["device"], header["d"]) == ("cpu", d), header
-        sweep = importlib.import_module(f"pipeline.kernels.{module}").sweep_configs(d)
+        sweep = getattr(sweep_kernels, f"{kernels}_sweep")(d)
         assert len(results) == 1 + len(sweep), (log.name, results)   # the default, then every sweep config
         for res in results:
             assert "error" not in res and res["ok"] is True, (log.name, res)

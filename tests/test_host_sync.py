@@ -1,7 +1,7 @@
 """No host syncs in the hot loop (issue 5): every stage's training step, for every quantizer
 method, runs only ops that leave the host free to queue the next step's work on a GPU.
 
-The check (pipeline/host_sync.py) records the ATen ops that would make the host wait for the
+The check (tools/host_sync.py) records the ATen ops that would make the host wait for the
 device; it runs here on the CPU, where CI runs. The trainer's one read per log interval is
 outside the step and not counted. On the GPU, bench/bench_train.py counts the real syncs with
 torch's sync debug mode.
@@ -15,7 +15,7 @@ import torch
 from pipeline.config import PretrainParams, PriorParams, QuantizerParams, RefineGANParams, TrainVQParams
 from pipeline.configbase import build
 from pipeline.gan_training import refine_gan
-from pipeline.host_sync import HostSyncRecorder
+from tools.host_sync import HostSyncRecorder
 from pipeline.models.autoencoder import VQAutoencoder
 from pipeline.pretraining import pretrain_autoencoder
 from pipeline.prior_training import build_prior, train_prior

@@ -36,6 +36,7 @@ from pipeline.quantizers.sf_diveq import SFDiVeQ, SFDiVeQDetach
 from pipeline.quantizers.simvq import SimVQ
 from pipeline.quantizers.transvq import LinearAttention, TransVQ
 from pipeline.quantizers.vq import VQ
+from tools.host_sync import HostSyncRecorder
 
 
 def t(*rows):
@@ -612,35 +613,6 @@ def test_chunked_search_is_used_and_chunking_does_not_change_results(method, mon
         assert calls and {c[2] for c in calls} == {1, 5, 8192}
 
 
-SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2",
-           "unique_consecutive", "equal"}
-
-
-def record_ops():
-    """A dispatch mode logging every aten op: (names, [(name, output shape)]). ``.item()``,
-    ``int(t)`` and ``bool(t)`` dispatch to ``_local_scalar_dense``; boolean-mask indexing
-    (a data-dependent shape) is logged as ``nonzero``."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    ops: list[str] = []
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-
-    class Recorder(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            ops.append(name)
-            if name in ("index", "index_put", "index_put_") and any(
-                    isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None):
-                ops.append("nonzero")
-            res = func(*args, **(kwargs or {}))
-            for r in (res if isinstance(res, (tuple, list)) else (res,)):
-                if isinstance(r, torch.Tensor):
-                    shapes.append((name, tuple(r.shape)))
-            return res
-
-    return Recorder(), ops, shapes
-
-
 @pytest.mark.parametrize("levels", [1, 2])
 @pytest.mark.parametrize("method", ALL)
 def test_no_n_by_k_tensor_and_no_host_sync_in_training_step(method, levels):
@@ -652,14 +624,13 @@ def test_no_n_by_k_tensor_and_no_host_sync_in_training_step(method, levels):
     q = make(method, levels, k=k, dim=5, search={"chunk": 16})
     z = torch.randn(n, 5, requires_grad=True)
     q(z)                                    # first step may initialise (SF-DiVeQ); not recorded
-    recorder, ops, shapes = record_ops()
-    with recorder:
+    with HostSyncRecorder() as rec:
         out = q(z)
         (out.z_q.square().mean() + out.loss).backward()
-    assert "mm" in ops or "addmm" in ops                 # the recorder saw the step
-    assert not [name for name in ops if name in SYNCING], "host sync in a training step"
+    assert "mm" in rec.ops or "addmm" in rec.ops         # the recorder saw the step
+    assert not rec.syncs, f"host sync in a training step: {rec.syncs}"
     if method != "gumbel":
-        big = [(name, shape) for name, shape in shapes if n in shape and k in shape]
+        big = [(name, shape) for name, shape, _ in rec.outputs if n in shape and k in shape]
         assert not big, f"N x K tensors materialised: {big[:5]}"
 
 
@@ -668,11 +639,10 @@ def test_replacement_round_has_no_host_sync(policy):
     torch.manual_seed(0)
     for q in (make("vq"), make("ema"), make("fc"), make("noise_sub", levels=2)):
         q(torch.randn(20, 4))
-        recorder, ops, _ = record_ops()
-        with recorder:
+        with HostSyncRecorder() as rec:
             n = CodeReplacement(policy, period=1)(q, 1)
-        assert n is not None and ("multinomial" in ops or "randint" in ops)
-        assert not [name for name in ops if name in SYNCING]
+        assert n is not None and ("multinomial" in rec.ops or "randint" in rec.ops)
+        assert not rec.syncs, rec.syncs
 
 
 def test_method_table_flags():

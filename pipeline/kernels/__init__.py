@@ -1,4 +1,5 @@
-"""Fused GPU kernels (Triton). Optional: every kernel has a torch reference in pipeline/quantizers."""
+"""Fused GPU kernels (Triton). Optional: each has a torch reference the tests compare it with
+(pipeline/quantizers/search.py, ns_loss.py); nothing here imports the quantizers."""
 from __future__ import annotations
 
 import functools

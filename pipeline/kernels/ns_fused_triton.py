@@ -1,31 +1,32 @@
-"""Nearest-code search fused into the dense NS loss's row pass (Triton).
+"""NSVQ's row pass (Triton): the nearest-code search and the dense NS loss's per-row
+log-sum-exp in one sweep over the N x K scores.
 
 API: ``ns_search_stats_triton(z (N, D), codebook (K, D), tau, lam) -> (idx int64 (N,),
-dist fp32 (N,), total, s (K,), M (K, D))``: ``nearest_code_triton``'s (idx, dist) and
-``ns_loss_stats_triton``'s (total, s, M) for winner = idx, the contract of
+dist fp32 (N,), total, s (K,), M (K, D))``: ``nearest_code_triton``'s (idx, dist) and the NS
+statistics (total, s, M) for winner = idx (pipeline/kernels/ns_loss_triton.py), the contract of
 ``pipeline.quantizers.ns_loss.ns_search_stats``.
 
-Why: NSVQ's quantizer needs the winners (a search over all N x K scores) and the NS loss,
-whose pass 1 sweeps the same N x K scores for the per-row log-sum-exp. Run separately that is
-two sweeps; here it is one. Per (row, column slot) the kernel keeps the running minimum score
-``best``, the tile it came from, and ``l = sum exp2(-(s - best) a)`` over the slot's codes so
-far (a = log2(e) / tau). A new score s updates them as an online softmax does, with one exp2:
+Why one sweep: NSVQ's quantizer needs the winners (a search over all N x K scores) and the NS
+loss, whose row pass needs the per-row log-sum-exp over the same N x K scores. Per (row, column
+slot) the kernel keeps the running minimum score ``best``, the tile it came from, and
+``l = sum exp2(-(s - best) a)`` over the slot's codes so far (a = log2(e) / tau). A new score s
+updates them as an online softmax does, with one exp2:
 
     e = exp2(-|s - best| a);   l = (s < best) ? l e + 1 : l + e;   best = min(best, s)
 
 The row's argmin is the search kernel's (strict < per slot, then the lowest code among the
 slots equal to the row minimum: lowest index on exact ties), from bit-identical scores on the
 FMA path, so ``idx`` equals ``nearest_code_triton``'s there. At the end the slots are combined,
-``lse2 = -b a + log2 sum_slots l exp2(-(best_slot - b) a)`` with b the row minimum, and pass 2
-of ns_loss_triton (per code: s, M, total) runs unchanged on the winners and C = log2(lam K) -
-lse2. That removes the search's 2NKD FLOP of the quantizer's 8NKD (search 2, NS pass 1 2,
-pass 2 4) at the price of one select and a few ops per score on top of pass 1.
+``lse2 = -b a + log2 sum_slots l exp2(-(best_slot - b) a)`` with b the row minimum, and the
+per-code pass of ns_loss_triton (s, M, total) runs on the winners and C = log2(lam K) - lse2.
+The quantizer's work is 6NKD FLOP (2 here, 4 in the per-code pass) instead of 8NKD for a
+separate search and row pass, at the price of one select and a few ops per score.
 
-The dot path (D > 16) clamps distances at 0 (scores at -||z||^2) before the exponent, as pass 1
-does; the argmin is taken on the unclamped scores, as the search does. Slots start at FLT_MAX
-rather than +inf so that a padded code (score +inf) never updates one and never makes
-inf - inf. Launch config: default_ns_config's F_* keys (rows per program, warps, stages, the
-dot path's D chunk) with the pack width R_BLOCK_K.
+The dot path (D > 16) clamps distances at 0 (scores at -||z||^2) before the exponent (as the
+per-code pass does); the argmin is taken on the unclamped scores, as the search does. Slots
+start at FLT_MAX rather than +inf so that a padded code (score +inf) never updates one and
+never makes inf - inf. Launch config: default_ns_config's F_* keys (rows per program, warps, stages, the
+dot path's D chunk) and the pack width F_BLOCK_K.
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .ns_loss_triton import NSShape, empty_stats, load_row_block, ns_codes_pass, prepare_ns
-from .search_triton import (Launch, _exact_dist, _finish_argmin, _next_pow2, device_guard, dot_block_d, dot_scores,
-                            exact_dist_cols, load_code_tile, tile_scores)
+from .launch import Launch, device_guard, dot_block_d, next_pow2
+from .ns_loss_triton import NSShape, empty_stats, ns_codes_pass, prepare_ns
+from .tiles import dot_scores, exact_dist, exact_dist_cols, finish_argmin, load_code_tile, load_row_block, tile_scores
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)   # a jit global must be a constexpr (compiled, not interpreted)
 
@@ -59,7 +60,7 @@ def _online_update(best, bt, l, sc, t, a, nzsq, CLAMP: tl.constexpr):
 @triton.jit
 def _finish_rows(best, bt, l, a, log2_lamk, nzsq, offs_k, BLOCK_K: tl.constexpr, CLAMP: tl.constexpr):
     """(argmin, C = log2(lam K) - log2-sum-exp2 of the row's exponents) from the slot states."""
-    m, idx = _finish_argmin(best, bt, offs_k, BLOCK_K)
+    m, idx = finish_argmin(best, bt, offs_k, BLOCK_K)
     if CLAMP:
         brow = tl.maximum(m, nzsq)
         bslot = tl.maximum(best, nzsq[:, None])
@@ -114,7 +115,7 @@ def _ns_fused_rows_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, 
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                               BLOCK_DD: tl.constexpr):
     """tl.dot path (D > 16): scores as in the search's dot kernel (the z tile stays in
-    registers when DP == BLOCK_D), the exponents clamped as in pass 1."""
+    registers when DP == BLOCK_D), the exponents clamped at distance 0."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
@@ -139,7 +140,7 @@ def _ns_fused_rows_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, 
         best, bt, l = _online_update(best, bt, l, sc, t, a, nzsq, True)
     idx, crow = _finish_rows(best, bt, l, a, log2_lamk, nzsq, offs_k, BLOCK_K, True)
     idx64 = idx.to(tl.int64)
-    dist = _exact_dist(z_ptr, cb_ptr, rows64, rmask, idx64, D, BLOCK_N, BLOCK_DD)
+    dist = exact_dist(z_ptr, cb_ptr, rows64, rmask, idx64, D, BLOCK_N, BLOCK_DD)
     tl.store(idx_ptr + rows, idx64, mask=rmask)
     tl.store(dist_ptr + rows, dist, mask=rmask)
     tl.store(zsq_ptr + rows, zsq, mask=rmask)
@@ -159,14 +160,14 @@ def fused_block_d(cfg: dict, d: int) -> int:
 
 
 def fused_rows_launch(S: NSShape) -> Launch:
-    """The fused search + pass 1 (one program per F_BLOCK_N rows)."""
+    """The row pass: search + log-sum-exp (one program per F_BLOCK_N rows)."""
     cfg = S.cfg
     grid = (triton.cdiv(S.n, cfg["F_BLOCK_N"]),)
     opts = (cfg["F_num_warps"], cfg["F_num_stages"])
     if S.use_dot:
         return Launch(_ns_fused_rows_dot_kernel, grid,
                       dict(D=S.d, DP=S.dp, BLOCK_D=fused_block_d(cfg, S.d), BLOCK_N=cfg["F_BLOCK_N"], BLOCK_K=S.pbk,
-                           PRECISION=cfg["precision"], BLOCK_DD=min(64, _next_pow2(S.d))), *opts)
+                           PRECISION=cfg["precision"], BLOCK_DD=min(64, next_pow2(S.d))), *opts)
     return Launch(_ns_fused_rows_kernel, grid, dict(D=S.d, BLOCK_N=cfg["F_BLOCK_N"], BLOCK_K=S.pbk), *opts)
 
 
@@ -187,69 +188,3 @@ def ns_search_stats_triton(z: torch.Tensor, codebook: torch.Tensor, tau: float, 
         a = -L.neg_a                  # log2(e) / tau
         fused_rows_launch(L)(L.z, L.packed, L.e, idx, dist, zsq, crow, L.n, L.t, a, L.log2_lamk)
         return (idx, dist, *ns_codes_pass(L, idx, zsq, crow))
-
-
-# ----------------------------------------------------------------------------------------------
-# GPU check / benchmark / sweep: python -m pipeline.kernels.ns_fused_triton [--sweep] [--d 8] ...
-# ----------------------------------------------------------------------------------------------
-def sweep_configs(d: int) -> list[dict]:
-    """Fused-pass variants worth timing on the GPU (F_* keys; the pack width is R_BLOCK_K)."""
-    if d <= 16:
-        return [dict(F_BLOCK_N=bn, F_num_warps=nw, R_BLOCK_K=32)
-                for bn, nw in ((64, 4), (128, 8), (32, 4), (64, 8), (128, 4)) if (bn // nw) * d <= 128]
-    cfgs = [dict(F_BLOCK_N=bn, F_num_warps=nw, R_BLOCK_K=bk)
-            for bn, bk, nw in ((64, 64, 8), (64, 64, 4), (32, 64, 4), (128, 64, 8), (64, 32, 4))]
-    return (cfgs + [dict(cfgs[0], F_BLOCK_D=16)]
-            + [dict(c, precision="tf32x3") for c in cfgs] + [dict(cfgs[0], precision="tf32x3", F_BLOCK_D=32)]
-            + [dict(cfgs[0], F_num_stages=1), dict(cfgs[0], precision="tf32x3", F_num_stages=1)])
-
-
-def _cli(argv=None) -> int:
-    """Check every config against the torch reference at full size: winners equal
-    nearest_code_torch's except near-ties (checked in fp64, as the search CLI does; fp32
-    configs only), (total, s, M) within 1e-4 of ns_loss_stats for the kernel's own winners.
-    Then time it against the search kernel + ns_loss_stats_triton, the two sweeps it replaces.
-    Exit 1 if a config is wrong or the default fails."""
-    import json
-
-    from pipeline.quantizers.ns_loss import ns_loss_stats, ns_search_stats
-
-    from .cli import parse_args, print_header, random_inputs, rel_err, timer
-    from .ns_loss_triton import default_ns_config, ns_loss_stats_triton
-    from .search_triton import _check_against_torch, nearest_code_triton
-
-    args = parse_args("check / time ns_search_stats_triton on the GPU", argv, ns=True)
-    z, cb = random_inputs(args)
-    print_header(args, tau=args.tau, lam=args.lam)
-    ref = ns_search_stats(z, cb, args.tau, args.lam)
-    ms = None if args.check else timer(args)
-    failed = 0
-    for cfg in [dict()] + (sweep_configs(args.d) if args.sweep else []):
-        try:
-            idx, dist, *stats = ns_search_stats_triton(z, cb, args.tau, args.lam, config=cfg)
-            res = dict(config=cfg or "default", **_check_against_torch(idx, dist, z, cb, ref[0], ref[1]))
-            own = ref[2:] if torch.equal(idx, ref[0]) else ns_loss_stats(z, cb, idx, args.tau, args.lam)
-            errs = [rel_err(a, b) for a, b in zip(stats, own)]
-            res.update(rel_err_total=errs[0], rel_err_s=errs[1], rel_err_M=errs[2])
-            # tf32x3 may swap near-ties (reported, as the search CLI does); the stats must hold always
-            strict = {**default_ns_config(args.n, args.k, args.d), **cfg}["precision"] == "ieee"
-            res["ok"] = (res["ok"] or not strict) and max(errs) <= 1e-4
-            failed += not res["ok"]
-            if ms:
-                res["ms"] = ms(lambda: ns_search_stats_triton(z, cb, args.tau, args.lam, config=cfg))
-        except Exception as exc:
-            res = dict(config=cfg or "default", error=repr(exc)[:300])
-            failed += not cfg
-        print(json.dumps(res), flush=True)
-    if ms:   # the two sweeps the fused pass replaces
-        for prec in ("ieee", "tf32x3") if args.d > 16 else ("ieee",):
-            def separate():
-                idx, _ = nearest_code_triton(z, cb, config={"precision": prec})
-                return ns_loss_stats_triton(z, cb, idx, args.tau, args.lam, config={"precision": prec})
-            print(json.dumps(dict(impl=f"search kernel + ns_loss_stats_triton ({prec})", ms=ms(separate))),
-                  flush=True)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_cli())

@@ -1,34 +1,29 @@
-"""Fused dense NS-VQ embedding-loss statistics (Triton), streaming, no N x K tensor.
+"""Dense NS-VQ embedding-loss statistics (Triton): the per-code pass, and the host plumbing of
+NSVQ's two kernels, streaming, no N x K tensor.
 
-API: ``ns_loss_stats_triton(z (N, D), codebook (K, D), winner (N,), tau, lam)
--> (total 0-dim fp32, s (K,) fp32, M (K, D) fp32)``, the contract of
-``pipeline.quantizers.ns_loss.ns_loss_stats`` (used by ns_embedding_loss(backend="triton")):
+What the two kernels compute, for z (N, D), codebook e (K, D), tau and lam (the contract of
+``pipeline.quantizers.ns_loss.ns_search_stats``):
 
-    d_ik  = max(0, ||z_i||^2 + ||e_k||^2 - 2 z_i.e_k)
+    d_ik  = max(0, ||z_i||^2 + ||e_k||^2 - 2 z_i.e_k),   winner_i = argmin_k d_ik
     w_ik  = 1 if k == winner_i else min(1, lam K softmax_k(-d_ik / tau))
     total = sum_ik w_ik d_ik,   s_k = sum_i w_ik,   M_k = sum_i w_ik z_i
 
-Two kernels, after the codebook pack shared with the search kernel (tiles of -2 e and ||e||^2):
+The row pass (pipeline/kernels/ns_fused_triton.py) sweeps every code tile once per row block:
+the nearest-code search and, in the same sweep, the per-row log-sum-exp of -d/tau. It writes
+per row the winner, ||z||^2 and C = log2(lam K) - lse2, so that the per-code pass gets
+lam K softmax = exp2(s (-a) + C) with one FMA and one exp2 (s = ||e||^2 - 2 z.e the code
+score, a = log2(e) / tau).
 
-pass 1 (``_ns_rows_kernel``: one program per BLOCK_N rows, loop over code tiles) computes the
-    log-sum-exp of -d/tau per row in base 2. Instead of a running max (a cross-thread max per
-    tile, or a second exp per element) the shift is the winner's own exponent: when the winner
-    is the nearest code it IS the row max, so every term is <= ~1 and the sum is >= 1 (one
-    FMA, one exp2, one add per element on top of the D score FMAs). If a row's sum overflows (a
-    winner far from the nearest code at small tau), that program sweeps again for the exact row
-    max and redoes the sum: exact for any winner, free in the normal case. It writes per row
-    ||z||^2 and C = log2(lam K) - lse2, so that pass 2 gets lam K softmax = exp2(s (-a) + C)
-    with one FMA and one exp2 (s = ||e||^2 - 2 z.e the code score, a = log2(e) / tau).
-pass 2 (``_ns_codes_kernel``: one program per BLOCK_K codes x SPLIT row ranges, loop over rows,
-    like flash-attention's dK/dV backward, no atomics): each thread owns BLOCK_K / (32 num_warps)
-    codes, their -2 e, ||e||^2 and accumulators in registers, and streams its rows one at a time
-    (warp-uniform scalar loads, the next row loaded while the current one is used): per
-    (row, code) D score FMAs, FMA + exp2 + min for w, the winner select, s += w, T += w ||z||^2
-    and D FMAs for M += w z; no reductions in the loop. The total is formed per code at the end
-    from sum_i w_ik d_ik = T_k + ||e_k||^2 s_k - 2 e_k.M_k. With SPLIT > 1 each split writes
-    partial (s, M, total) that the host sums in a fixed order (deterministic).
+The per-code pass (here, ``_ns_codes_kernel``: one program per BLOCK_K codes x SPLIT row
+ranges, loop over rows, like flash-attention's dK/dV backward, no atomics): each thread owns
+BLOCK_K / (32 num_warps) codes, their -2 e, ||e||^2 and accumulators in registers, and streams
+its rows one at a time (warp-uniform scalar loads, the next row loaded while the current one is
+used): per (row, code) D score FMAs, FMA + exp2 + min for w, the winner select, s += w,
+T += w ||z||^2 and D FMAs for M += w z; no reductions in the loop. The total is formed per code
+at the end from sum_i w_ik d_ik = T_k + ||e_k||^2 s_k - 2 e_k.M_k. With SPLIT > 1 each split
+writes partial (s, M, total) that the host sums in a fixed order (deterministic).
 
-D <= 16 uses hand-unrolled fp32 FMAs (the helpers of search_triton). There the clamp d >= 0 is
+D <= 16 uses hand-unrolled fp32 FMAs (pipeline/kernels/tiles.py). There the clamp d >= 0 is
 skipped: it only changes d_ik < 0, i.e. rounding noise of the expansion for codes equal to z_i
 (w changes by a factor exp(|d| / tau) ~ 1 + 1e-7 / tau, total by ~1e-7 absolute). D > 16 uses
 tl.dot for the scores and for M (w^T z), and keeps the clamp: input_precision "ieee" (fp32 FMA
@@ -47,76 +42,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .search_triton import (FMA_MAX_D, TRITON_DEFAULT_STAGES, Launch, _interpret, _num_sms, apply_env_config,
-                            check_precision, code_tiles, device_guard, dot_block_d, dot_scores, load_code_tile,
-                            load_z_cols, pack_codebook, padded_dim, tile_scores)
+from .launch import (FMA_MAX_D, TRITON_DEFAULT_STAGES, Launch, code_tiles, dot_block_d, interpret_mode,
+                     merged_config, num_sms, padded_dim)
+from .tiles import dot_scores, load_code_cols, pack_codebook, vec_scores, vfma
 
 LOG2E = 1.4426950408889634
 
 
 # ----------------------------------------------------------------------------------------------
-# small unrolled helpers (D <= 16)
+# the per-code pass, FMA path (D <= 16)
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _vfma(acc, zd, cd, D: tl.constexpr, d: tl.constexpr):
-    if d < D:
-        acc = acc + zd * cd
-    return acc
-
-
-@triton.jit
-def vec_scores(acc, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-               c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, D: tl.constexpr):
-    """acc + sum_d z_d * c_d, same-shaped operands (fp32 FMAs, d in order)."""
-    acc = _vfma(acc, z0, c0, D, 0)
-    acc = _vfma(acc, z1, c1, D, 1)
-    acc = _vfma(acc, z2, c2, D, 2)
-    acc = _vfma(acc, z3, c3, D, 3)
-    acc = _vfma(acc, z4, c4, D, 4)
-    acc = _vfma(acc, z5, c5, D, 5)
-    acc = _vfma(acc, z6, c6, D, 6)
-    acc = _vfma(acc, z7, c7, D, 7)
-    acc = _vfma(acc, z8, c8, D, 8)
-    acc = _vfma(acc, z9, c9, D, 9)
-    acc = _vfma(acc, z10, c10, D, 10)
-    acc = _vfma(acc, z11, c11, D, 11)
-    acc = _vfma(acc, z12, c12, D, 12)
-    acc = _vfma(acc, z13, c13, D, 13)
-    acc = _vfma(acc, z14, c14, D, 14)
-    acc = _vfma(acc, z15, c15, D, 15)
-    return acc
-
-
-@triton.jit
-def _ccol(ptr, kmask, D: tl.constexpr, d: tl.constexpr, PBK: tl.constexpr, BLOCK_K: tl.constexpr):
-    v = tl.zeros([BLOCK_K], tl.float32)
-    if d < D:
-        v = tl.load(ptr + d * PBK, mask=kmask, other=0.0)
-    return v
-
-
-@triton.jit
-def load_code_cols(ptr, kmask, D: tl.constexpr, PBK: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Codes at pointers ``ptr`` into packed tiles of width PBK: -2 e_0..-2 e_15, ||e||^2
-    (masked codes: zeros and +inf)."""
-    c0 = _ccol(ptr, kmask, D, 0, PBK, BLOCK_K)
-    c1 = _ccol(ptr, kmask, D, 1, PBK, BLOCK_K)
-    c2 = _ccol(ptr, kmask, D, 2, PBK, BLOCK_K)
-    c3 = _ccol(ptr, kmask, D, 3, PBK, BLOCK_K)
-    c4 = _ccol(ptr, kmask, D, 4, PBK, BLOCK_K)
-    c5 = _ccol(ptr, kmask, D, 5, PBK, BLOCK_K)
-    c6 = _ccol(ptr, kmask, D, 6, PBK, BLOCK_K)
-    c7 = _ccol(ptr, kmask, D, 7, PBK, BLOCK_K)
-    c8 = _ccol(ptr, kmask, D, 8, PBK, BLOCK_K)
-    c9 = _ccol(ptr, kmask, D, 9, PBK, BLOCK_K)
-    c10 = _ccol(ptr, kmask, D, 10, PBK, BLOCK_K)
-    c11 = _ccol(ptr, kmask, D, 11, PBK, BLOCK_K)
-    c12 = _ccol(ptr, kmask, D, 12, PBK, BLOCK_K)
-    c13 = _ccol(ptr, kmask, D, 13, PBK, BLOCK_K)
-    c14 = _ccol(ptr, kmask, D, 14, PBK, BLOCK_K)
-    c15 = _ccol(ptr, kmask, D, 15, PBK, BLOCK_K)
-    cn = tl.load(ptr + D * PBK, mask=kmask, other=float("inf"))
-    return c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, cn
 
 
 @triton.jit
@@ -125,120 +60,6 @@ def _mstore(m_ptr, codes64, kmask, acc, D: tl.constexpr, d: tl.constexpr):
         tl.store(m_ptr + codes64 * D + d, acc, mask=kmask)
 
 
-@triton.jit
-def load_row_block(z_ptr, N, D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The FMA row passes' prologue: this program's BLOCK_N row indices and mask, their z
-    columns z_0..z_15 in registers (0 past D or N) and ||z||^2."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    (z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15) = load_z_cols(
-        z_ptr, rows.to(tl.int64), rmask, D, BLOCK_N)
-    zsq = vec_scores(tl.zeros([BLOCK_N], tl.float32), z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10,
-                     z11, z12, z13, z14, z15,
-                     z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15, D)
-    return rows, rmask, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15, zsq
-
-
-# ----------------------------------------------------------------------------------------------
-# pass 1: per-row log-sum-exp
-# ----------------------------------------------------------------------------------------------
-@triton.jit
-def _sweep_init(MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The row sweeps' per-(row, slot) accumulator: MODE 0 a sum (0), MODE 1 a max (-inf)."""
-    if MODE == 0:
-        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    else:
-        acc = tl.full([BLOCK_N, BLOCK_K], float("-inf"), tl.float32)
-    return acc
-
-
-@triton.jit
-def _sweep_add(acc, x, cst, MODE: tl.constexpr):
-    """One tile of exponents x (BLOCK_N, BLOCK_K): MODE 0 acc + exp2(x + cst_i), MODE 1 max(acc, x)."""
-    if MODE == 0:
-        acc += tl.exp2(x + cst[:, None])
-    else:
-        acc = tl.maximum(acc, x)
-    return acc
-
-
-@triton.jit
-def _sweep_finish(acc, MODE: tl.constexpr):
-    """Per row: the slots' sum (MODE 0) or max (MODE 1)."""
-    if MODE == 0:
-        res = tl.sum(acc, axis=1)
-    else:
-        res = tl.max(acc, axis=1)
-    return res
-
-
-@triton.jit
-def _rows_sweep(p_ptr, t_lo, t_last, neg_a, cst, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11,
-                z12, z13, z14, z15,
-                MODE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """Over code tiles t_lo..t_last of the packed codebook, per row:
-    MODE 0: sum_k exp2(s_ik * neg_a + cst_i);  MODE 1: max_k s_ik * neg_a
-    (s_ik = ||e_k||^2 - 2 z_i.e_k).
-    Two register buffers (next tile loaded while the current one is used); the tile count is
-    even (pack_codebook pads T to even with +inf codes, which add exp2(-inf) = 0)."""
-    offs_k = tl.arange(0, BLOCK_K)
-    TILE: tl.constexpr = (D + 1) * BLOCK_K
-    acc = _sweep_init(MODE, BLOCK_N, BLOCK_K)
-    (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-     an) = load_code_tile(p_ptr + t_lo * TILE + offs_k, D, BLOCK_K)
-    for t in range(t_lo, t_last + 1, 2):
-        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15,
-         bn) = load_code_tile(p_ptr + (t + 1) * TILE + offs_k, D, BLOCK_K)
-        sc = tile_scores(tl.broadcast_to(an[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5,
-                         z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-                         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, D)
-        acc = _sweep_add(acc, sc * neg_a, cst, MODE)
-        ta = tl.minimum(t + 2, t_last)
-        (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-         an) = load_code_tile(p_ptr + ta * TILE + offs_k, D, BLOCK_K)
-        sc = tile_scores(tl.broadcast_to(bn[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5,
-                         z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-                         b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, D)
-        acc = _sweep_add(acc, sc * neg_a, cst, MODE)
-    return _sweep_finish(acc, MODE)
-
-
-@triton.jit
-def _ns_rows_kernel(z_ptr, p_ptr, win_ptr, zsq_ptr, crow_ptr, N, T, neg_a, log2_lamk,
-                    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    (rows, rmask, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-     zsq) = load_row_block(z_ptr, N, D, BLOCK_N)
-    # the winner's exponent: the shift of the log-sum-exp
-    TILE: tl.constexpr = (D + 1) * BLOCK_K
-    win = tl.load(win_ptr + rows, mask=rmask, other=0).to(tl.int32)
-    win = tl.minimum(tl.maximum(win, 0), T * BLOCK_K - 1)  # never read out of bounds
-    wptr = p_ptr + (win // BLOCK_K) * TILE + win % BLOCK_K
-    (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
-     cn) = load_code_cols(wptr, rmask, D, BLOCK_K, BLOCK_N)
-    sw = vec_scores(cn, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-                    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, D)
-    shift = tl.where(rmask, sw * neg_a, 0.0)
-    l = _rows_sweep(p_ptr, 0, T - 1, neg_a, -shift, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10,
-                    z11, z12, z13, z14, z15,
-                    0, D, BLOCK_N, BLOCK_K)
-    # overflow (winner far from the row max): exact row max, then the sum again
-    if tl.max((l > 3.0e38).to(tl.int32), axis=0) > 0:
-        shift = _rows_sweep(p_ptr, 0, T - 1, neg_a, -shift, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9,
-                            z10, z11, z12, z13, z14, z15,
-                            1, D, BLOCK_N, BLOCK_K)
-        shift = tl.where(rmask, shift, 0.0)
-        l = _rows_sweep(p_ptr, 0, T - 1, neg_a, -shift, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10,
-                        z11, z12, z13, z14, z15,
-                        0, D, BLOCK_N, BLOCK_K)
-    lse2 = shift + tl.log2(l)
-    tl.store(zsq_ptr + rows, zsq, mask=rmask)
-    tl.store(crow_ptr + rows, log2_lamk - lse2, mask=rmask)
-
-
-# ----------------------------------------------------------------------------------------------
-# pass 2: per-code accumulation of s, M and sum w d
-# ----------------------------------------------------------------------------------------------
 @triton.jit
 def _zscal(z_ptr, r64, D: tl.constexpr, d: tl.constexpr):
     v = tl.full([], 0.0, tl.float32)
@@ -290,22 +111,22 @@ def _codes_row_update(acc_s, acc_t, m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10,
         w = tl.where(codes == win, 1.0, w)
     acc_s += w
     acc_t += w * zsq
-    m0 = _vfma(m0, w, z0, D, 0)
-    m1 = _vfma(m1, w, z1, D, 1)
-    m2 = _vfma(m2, w, z2, D, 2)
-    m3 = _vfma(m3, w, z3, D, 3)
-    m4 = _vfma(m4, w, z4, D, 4)
-    m5 = _vfma(m5, w, z5, D, 5)
-    m6 = _vfma(m6, w, z6, D, 6)
-    m7 = _vfma(m7, w, z7, D, 7)
-    m8 = _vfma(m8, w, z8, D, 8)
-    m9 = _vfma(m9, w, z9, D, 9)
-    m10 = _vfma(m10, w, z10, D, 10)
-    m11 = _vfma(m11, w, z11, D, 11)
-    m12 = _vfma(m12, w, z12, D, 12)
-    m13 = _vfma(m13, w, z13, D, 13)
-    m14 = _vfma(m14, w, z14, D, 14)
-    m15 = _vfma(m15, w, z15, D, 15)
+    m0 = vfma(m0, w, z0, D, 0)
+    m1 = vfma(m1, w, z1, D, 1)
+    m2 = vfma(m2, w, z2, D, 2)
+    m3 = vfma(m3, w, z3, D, 3)
+    m4 = vfma(m4, w, z4, D, 4)
+    m5 = vfma(m5, w, z5, D, 5)
+    m6 = vfma(m6, w, z6, D, 6)
+    m7 = vfma(m7, w, z7, D, 7)
+    m8 = vfma(m8, w, z8, D, 8)
+    m9 = vfma(m9, w, z9, D, 9)
+    m10 = vfma(m10, w, z10, D, 10)
+    m11 = vfma(m11, w, z11, D, 11)
+    m12 = vfma(m12, w, z12, D, 12)
+    m13 = vfma(m13, w, z13, D, 13)
+    m14 = vfma(m14, w, z14, D, 14)
+    m15 = vfma(m15, w, z15, D, 15)
     return acc_s, acc_t, m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15
 
 
@@ -396,61 +217,8 @@ def _ns_codes_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr, tot
 
 
 # ----------------------------------------------------------------------------------------------
-# D > 16: tl.dot variants ("ieee" or "tf32x3", the PRECISION constexpr). DP (a multiple of
-# BLOCK_D <= 64) is the packed width; the scores loop over D chunks (z chunks from L1/L2 when
-# DP > BLOCK_D).
+# the per-code pass, tl.dot path (D > 16): "ieee" or "tf32x3" (the PRECISION constexpr)
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, cst, MODE: tl.constexpr,
-                       D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    TILE: tl.constexpr = (DP + 1) * BLOCK_K
-    acc = _sweep_init(MODE, BLOCK_N, BLOCK_K)
-    for t in range(0, T):
-        sc = dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
-                        BLOCK_K, False, PRECISION)
-        x = tl.maximum(sc, nzsq[:, None]) * neg_a
-        acc = _sweep_add(acc, x, cst, MODE)
-    return _sweep_finish(acc, MODE)
-
-
-@triton.jit
-def _ns_rows_dot_kernel(z_ptr, p_ptr, win_ptr, zsq_ptr, crow_ptr, N, T, neg_a, log2_lamk,
-                        D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    rows64 = rows.to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    TILE: tl.constexpr = (DP + 1) * BLOCK_K
-    win = tl.load(win_ptr + rows, mask=rmask, other=0)
-    win = tl.minimum(tl.maximum(win, 0), T * BLOCK_K - 1)  # never read out of bounds
-    wbase = (win // BLOCK_K) * TILE + win % BLOCK_K
-    zsq = tl.zeros([BLOCK_N], tl.float32)
-    sw = tl.load(p_ptr + wbase + DP * BLOCK_K, mask=rmask, other=0.0)
-    for d0 in range(0, DP, BLOCK_D):
-        dd = d0 + offs_d
-        msk = rmask[:, None] & (dd[None, :] < D)
-        zc = tl.load(z_ptr + rows64[:, None] * D + dd[None, :], mask=msk, other=0.0)
-        cw = tl.load(p_ptr + wbase[:, None] + dd[None, :] * BLOCK_K, mask=msk, other=0.0)
-        zsq += tl.sum(zc * zc, axis=1)
-        sw += tl.sum(zc * cw, axis=1)
-    zt = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)  # unused: the sweeps reload z chunks
-    nzsq = -zsq
-    shift = tl.maximum(sw, nzsq) * neg_a
-    shift = tl.where(rmask, shift, 0.0)
-    l = _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, -shift, 0,
-                           D, DP, BLOCK_D, BLOCK_N, BLOCK_K, PRECISION)
-    if tl.max((l > 3.0e38).to(tl.int32), axis=0) > 0:
-        shift = _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, -shift, 1,
-                                   D, DP, BLOCK_D, BLOCK_N, BLOCK_K, PRECISION)
-        shift = tl.where(rmask, shift, 0.0)
-        l = _ns_rows_dot_sweep(z_ptr, rows64, rmask, zt, p_ptr, T, neg_a, nzsq, -shift, 0,
-                               D, DP, BLOCK_D, BLOCK_N, BLOCK_K, PRECISION)
-    lse2 = shift + tl.log2(l)
-    tl.store(zsq_ptr + rows, zsq, mask=rmask)
-    tl.store(crow_ptr + rows, log2_lamk - lse2, mask=rmask)
 
 
 @triton.jit
@@ -508,48 +276,47 @@ def _ns_codes_dot_kernel(z_ptr, win_ptr, zsq_ptr, crow_ptr, p_ptr, s_ptr, m_ptr,
 # ----------------------------------------------------------------------------------------------
 # host
 # ----------------------------------------------------------------------------------------------
-def default_ns_config(n: int, k: int, d: int) -> dict:
-    """Launch config of both passes; ``NSVQ_NS_CONFIG="R_BLOCK_N=64,C_SPLIT=4"`` overrides keys.
 
-    R_*: pass 1 (rows): BLOCK_N rows per program, BLOCK_K codes per tile (also the pack width
-    PBK), num_warps, num_stages. F_*: the fused search + pass 1 of ns_fused_triton: BLOCK_N,
-    num_warps, num_stages, BLOCK_D (dot path D chunk, 0 = auto; its code tile is the pack width
-    R_BLOCK_K).
-    C_*: pass 2 (codes): BLOCK_K codes per program (FMA path: each thread owns
-    BLOCK_K / (32 num_warps) codes), BLOCK_R rows per step (FMA path: 2, rows are streamed in
-    pairs; dot path: the tl.dot M dimension, >= 16), num_warps, SPLIT row ranges per code block
-    (partials summed on the host in a fixed order; 0 = auto, about 16 warps per SM), num_stages.
+
+def default_ns_config(n: int, k: int, d: int) -> dict:
+    """Launch config of NSVQ's two kernels; the params ``quantizer.search.ns_kernel`` override keys.
+
+    F_*: the fused row pass (pipeline/kernels/ns_fused_triton.py): BLOCK_N rows per program,
+    BLOCK_K codes per packed tile (the pack width both passes read), num_warps, num_stages,
+    BLOCK_D (dot path D chunk, 0 = auto).
+    C_*: the per-code pass: BLOCK_K codes per program (FMA path: each thread owns
+    BLOCK_K / (32 num_warps) codes; dot path: the pack width), BLOCK_R rows per step (FMA path:
+    2, rows are streamed in pairs; dot path: the tl.dot M dimension, >= 16), num_warps, SPLIT
+    row ranges per code block (partials summed on the host in a fixed order; 0 = auto, about 16
+    warps per SM), num_stages.
     precision: the dot path's tl.dot input precision (D > 16), "ieee" (fp32 FMA on the CUDA
     cores, the default) or "tf32x3" (3-pass split TF32 on the tensor cores, relative error
     about 2^-21 per product); the FMA path (D <= 16) is fp32 whatever this says.
     """
     use_dot = d > FMA_MAX_D
-    if _interpret():
-        cfg = dict(R_BLOCK_N=64, R_BLOCK_K=32, R_num_warps=4,
+    if interpret_mode():
+        cfg = dict(F_BLOCK_N=64, F_BLOCK_K=32, F_num_warps=4,
                    C_BLOCK_K=256, C_BLOCK_R=16, C_num_warps=1, C_SPLIT=1)
         if not use_dot:
             cfg["C_BLOCK_R"] = 2
     elif use_dot:
-        cfg = dict(R_BLOCK_N=64, R_BLOCK_K=64, R_num_warps=8,
+        cfg = dict(F_BLOCK_N=64, F_BLOCK_K=64, F_num_warps=8,
                    C_BLOCK_K=64, C_BLOCK_R=32, C_num_warps=4, C_SPLIT=0)
     elif d <= 8:    # H100 sweep: C_SPLIT 4 1.92 ms vs auto 1.95 ms (N=16,384, K=65,536)
-        cfg = dict(R_BLOCK_N=64, R_BLOCK_K=32, R_num_warps=4,
+        cfg = dict(F_BLOCK_N=64, F_BLOCK_K=32, F_num_warps=4,
                    C_BLOCK_K=256, C_BLOCK_R=2, C_num_warps=1, C_SPLIT=4)
     else:  # fewer rows / codes per thread: z columns and M accumulators grow with D
-        cfg = dict(R_BLOCK_N=32, R_BLOCK_K=32, R_num_warps=8,
+        cfg = dict(F_BLOCK_N=32, F_BLOCK_K=32, F_num_warps=8,
                    C_BLOCK_K=128, C_BLOCK_R=2, C_num_warps=1, C_SPLIT=0)
-    if use_dot:  # pass 2 of the dot path runs one program per packed tile
-        cfg["C_BLOCK_K"] = cfg["R_BLOCK_K"]
-    # the fused search + pass 1 (ns_fused_triton): pass 1's shape until a GPU sweep says otherwise
-    cfg["F_BLOCK_N"] = cfg["R_BLOCK_N"]
-    cfg["F_num_warps"] = cfg["R_num_warps"]
+    if use_dot:  # the per-code pass of the dot path runs one program per packed tile
+        cfg["C_BLOCK_K"] = cfg["F_BLOCK_K"]
     cfg["F_BLOCK_D"] = 0      # auto (ns_fused_triton.fused_block_d)
-    # Triton's default, which these launches compiled with before they named it (the H100 figures
-    # in reports/bench); it only changes the dot path (D > 16), where the sweep also tries 1
-    cfg.update(R_num_stages=TRITON_DEFAULT_STAGES, C_num_stages=TRITON_DEFAULT_STAGES,
-               F_num_stages=TRITON_DEFAULT_STAGES)
+    # The row-block shape is the one the unfused pass 1 was swept at on the H100 (until a sweep of
+    # the fused pass says otherwise); num_stages is Triton's default, which these launches compiled
+    # with before they named it. It only changes the dot path (D > 16), where the sweep also tries 1.
+    cfg.update(C_num_stages=TRITON_DEFAULT_STAGES, F_num_stages=TRITON_DEFAULT_STAGES)
     cfg["precision"] = "ieee"
-    return apply_env_config(cfg, "NSVQ_NS_CONFIG", ("precision",))
+    return cfg
 
 
 @dataclass
@@ -568,18 +335,15 @@ class NSShape:
 
 def ns_shape(n: int, k: int, d: int, config: dict | None, who: str) -> NSShape:
     """``config`` merged into default_ns_config (the precision checked; errors name ``who``)."""
-    cfg = default_ns_config(n, k, d)
-    if config:
-        cfg.update(config)
-    check_precision(cfg, who)
+    cfg = merged_config(default_ns_config(n, k, d), config, who)
     use_dot = d > FMA_MAX_D
-    return NSShape(n, k, d, cfg, use_dot, padded_dim(d, use_dot), cfg["R_BLOCK_K"], code_tiles(k, cfg["R_BLOCK_K"]))
+    return NSShape(n, k, d, cfg, use_dot, padded_dim(d, use_dot), cfg["F_BLOCK_K"], code_tiles(k, cfg["F_BLOCK_K"]))
 
 
 @dataclass
 class NSLaunch(NSShape):
     """What both passes need, prepared once per call: the shape, fp32 contiguous inputs and the
-    packed codebook (shared by pass 1, or the fused search pass, and pass 2)."""
+    packed codebook (read by the row pass and the per-code pass)."""
     z: torch.Tensor
     e: torch.Tensor
     packed: torch.Tensor | None
@@ -616,36 +380,6 @@ def empty_stats(L: NSLaunch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.zeros((), device=dev), torch.zeros(L.k, device=dev), torch.zeros(L.k, L.d, device=dev)
 
 
-@torch.no_grad()
-def ns_loss_stats_triton(z: torch.Tensor, codebook: torch.Tensor, winner: torch.Tensor, tau: float,
-                         lam: float, *, config: dict | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sum_ik w_ik d_ik 0-dim, s (K,), M (K, D)), all fp32; see the module docstring."""
-    with device_guard(z):
-        L = prepare_ns(z, codebook, tau, lam, config, "ns_loss_stats_triton")
-        if L.n == 0:
-            return empty_stats(L)
-        win = winner.detach().reshape(-1).to(device=L.z.device, dtype=torch.int32).contiguous()
-        if win.numel() != L.n:
-            raise ValueError("ns_loss_stats_triton: winner must have N entries")
-        zsq = torch.empty(L.n, dtype=torch.float32, device=L.z.device)
-        crow = torch.empty(L.n, dtype=torch.float32, device=L.z.device)
-        ns_rows_launch(L)(L.z, L.packed, win, zsq, crow, L.n, L.t, L.neg_a, L.log2_lamk)
-        return ns_codes_pass(L, win, zsq, crow)
-
-
-def ns_rows_launch(S: NSShape) -> Launch:
-    """Pass 1 (one program per R_BLOCK_N rows)."""
-    cfg = S.cfg
-    grid = (triton.cdiv(S.n, cfg["R_BLOCK_N"]),)
-    opts = (cfg["R_num_warps"], cfg["R_num_stages"])
-    if S.use_dot:
-        block_d = min(32, dot_block_d(S.d))  # 32 keeps the FMA-dot operands in registers
-        return Launch(_ns_rows_dot_kernel, grid, dict(D=S.d, DP=S.dp, BLOCK_D=block_d, BLOCK_N=cfg["R_BLOCK_N"],
-                                                      BLOCK_K=S.pbk, PRECISION=cfg["precision"]), *opts)
-    return Launch(_ns_rows_kernel, grid, dict(D=S.d, BLOCK_N=cfg["R_BLOCK_N"], BLOCK_K=S.pbk), *opts)
-
-
 class CodesPlan(NamedTuple):
     launch: Launch
     rows_per_split: int        # a runtime argument of the kernel
@@ -653,8 +387,8 @@ class CodesPlan(NamedTuple):
     programs_k: int            # code blocks
 
 
-def plan_codes_pass(S: NSShape, num_sms: int) -> CodesPlan:
-    """Pass 2 on a GPU with ``num_sms`` SMs (C_SPLIT = 0: about 16 warps per SM, at least 64
+def plan_codes_pass(S: NSShape, sms: int) -> CodesPlan:
+    """The per-code pass on a GPU with ``sms`` SMs (C_SPLIT = 0: about 16 warps per SM, at least 64
     rows per split)."""
     cfg, n, d = S.cfg, S.n, S.d
     bk2 = S.pbk if S.use_dot else cfg["C_BLOCK_K"]
@@ -663,7 +397,7 @@ def plan_codes_pass(S: NSShape, num_sms: int) -> CodesPlan:
     split = int(cfg["C_SPLIT"])
     if split <= 0:
         warps = max(1, nprog_k * cfg["C_num_warps"])
-        split = max(1, min(16 * num_sms // warps, triton.cdiv(n, 64)))
+        split = max(1, min(16 * sms // warps, triton.cdiv(n, 64)))
     rows_per_split = triton.cdiv(triton.cdiv(n, split), br) * br
     split = triton.cdiv(n, rows_per_split)
     grid = (nprog_k, split)
@@ -678,8 +412,8 @@ def plan_codes_pass(S: NSShape, num_sms: int) -> CodesPlan:
 
 def ns_codes_pass(L: NSLaunch, win: torch.Tensor, zsq: torch.Tensor, crow: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2 from the per-row winner, ||z||^2 and C of pass 1: (total, s, M)."""
-    plan = plan_codes_pass(L, _num_sms(L.z.device))
+    """The per-code pass from the row pass's per-row winner, ||z||^2 and C: (total, s, M)."""
+    plan = plan_codes_pass(L, num_sms(L.z.device))
     dev = L.z.device
     s_part = torch.empty((plan.split, L.k), dtype=torch.float32, device=dev)
     m_part = torch.empty((plan.split, L.k, L.d), dtype=torch.float32, device=dev)
@@ -689,79 +423,3 @@ def ns_codes_pass(L: NSLaunch, win: torch.Tensor, zsq: torch.Tensor, crow: torch
     if plan.split == 1:
         return total, s_part[0], m_part[0]
     return total, s_part.sum(0), m_part.sum(0)
-
-
-# ----------------------------------------------------------------------------------------------
-# GPU check / benchmark / sweep: python -m pipeline.kernels.ns_loss_triton [--sweep] [--d 8] ...
-# ----------------------------------------------------------------------------------------------
-def sweep_configs(d: int) -> list[dict]:
-    """Pass-1 (R_*) and pass-2 (C_*) variants worth timing on the GPU (bench/NOTES_kernels.md);
-    each entry overrides default_ns_config."""
-    if d <= FMA_MAX_D:
-        rows = [dict(R_BLOCK_N=bn, R_BLOCK_K=32, R_num_warps=nw)
-                for bn, nw in ((64, 4), (64, 8), (32, 4), (128, 8), (32, 8)) if (bn // nw) * d <= 128]
-        codes = [dict(C_BLOCK_K=bk, C_num_warps=nw, C_SPLIT=sp)
-                 for bk, nw, sp in ((256, 1, 0), (256, 1, 4), (256, 1, 16), (128, 1, 0), (512, 2, 0),
-                                    (256, 2, 0), (512, 1, 0)) if (bk // (32 * nw)) * d <= 64]
-    else:
-        rows = [dict(R_BLOCK_N=bn, R_BLOCK_K=bk, R_num_warps=nw)
-                for bn, bk, nw in ((64, 64, 8), (32, 64, 4), (64, 32, 4), (128, 64, 8))]
-        codes = [dict(C_BLOCK_R=br, C_num_warps=nw, C_SPLIT=sp)
-                 for br, nw, sp in ((32, 4, 0), (16, 4, 0), (64, 4, 0), (32, 8, 0), (32, 4, 8))]
-        # tensor-core variants: both passes in tf32x3 (the sweep's correctness check is the
-        # same 1e-4 relative bound against the fp32 torch reference)
-        codes += [dict(precision="tf32x3", R_BLOCK_N=bn, R_BLOCK_K=bk, R_num_warps=nw, C_BLOCK_R=br,
-                       C_num_warps=cw)
-                  for bn, bk, nw, br, cw in ((64, 64, 4, 32, 4), (128, 64, 8, 64, 4), (64, 64, 4, 64, 8))]
-        # the default shapes without software pipelining (sm_90 SASS: pass 2 "ieee" spills 240
-        # bytes per thread at 3 stages and none at 1; which is faster is the GPU's to say)
-        codes += [dict(R_num_stages=1), dict(C_num_stages=1),
-                  dict(precision="tf32x3", R_num_stages=1, C_num_stages=1)]
-    return rows + codes
-
-
-def _cli(argv=None) -> int:
-    """Check every config's (total, s, M) against ns_loss_stats at full size (1e-4 relative),
-    then time it and the autograd fwd+bwd; exit 1 if a config is wrong or the default fails."""
-    import json
-
-    from pipeline.quantizers.ns_loss import ns_embedding_loss, ns_loss_stats
-    from pipeline.quantizers.search import nearest_code
-
-    from .cli import parse_args, print_header, random_inputs, rel_err, timer
-
-    args = parse_args("check / time ns_loss_stats_triton on the GPU", argv, ns=True)
-    z, cb = random_inputs(args)
-    win, _ = nearest_code(z, cb)
-    print_header(args, tau=args.tau, lam=args.lam)
-    ref = ns_loss_stats(z, cb, win, args.tau, args.lam)
-    ms = None if args.check else timer(args)
-    if ms:
-        print(json.dumps(dict(impl="torch ns_loss_stats", ms=ms(lambda: ns_loss_stats(z, cb, win, args.tau, args.lam)))))
-    failed = 0
-    for cfg in [dict()] + (sweep_configs(args.d) if args.sweep else []):
-        try:
-            out = ns_loss_stats_triton(z, cb, win, args.tau, args.lam, config=cfg)
-            errs = [rel_err(a, b) for a, b in zip(out, ref)]
-            res = dict(config=cfg or "default", rel_err_total=errs[0], rel_err_s=errs[1],
-                       rel_err_M=errs[2], ok=max(errs) <= 1e-4)
-            failed += not res["ok"]
-            if ms:
-                res["ms_stats"] = ms(lambda: ns_loss_stats_triton(z, cb, win, args.tau, args.lam, config=cfg))
-        except Exception as exc:
-            res = dict(config=cfg or "default", error=repr(exc)[:300])
-            failed += not cfg
-        print(json.dumps(res), flush=True)
-    if ms:  # forward + backward through the autograd Function, default config
-        e = cb.clone().requires_grad_(True)
-
-        def fwd_bwd():
-            e.grad = None
-            ns_embedding_loss(z, e, win, args.tau, args.lam, backend="triton").backward()
-
-        print(json.dumps(dict(impl="ns_embedding_loss triton fwd+bwd", ms=ms(fwd_bwd))))
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_cli())

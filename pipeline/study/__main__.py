@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                 for m in methods:
                     print("dvc " + " ".join(exp_run_command(m, k, budget)[3:]))
             return 0
-        from .flow import _telemetry_off, methods_study
+        from .flow import telemetry_off, methods_study
 
-        _telemetry_off()
+        telemetry_off()
         rows = methods_study(args.methods, args.codebook_sizes, overrides, args.out, args.repo, args.cell_timeout)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

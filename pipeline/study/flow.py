@@ -68,9 +68,9 @@ def ensure_mlflow_experiment(root: Path) -> None:
     folder before any cell: created from inside a temporary copy, it would point there."""
     from mlflow.tracking import MlflowClient
 
-    from ..tracking import _experiment_id, tracking_uri
+    from ..tracking import experiment_id, tracking_uri
 
-    _experiment_id(MlflowClient(tracking_uri=tracking_uri(root)), root)
+    experiment_id(MlflowClient(tracking_uri=tracking_uri(root)), root)
 
 
 @task(retries=0, cache_policy=NO_CACHE)
@@ -121,7 +121,7 @@ def methods_study(methods: list[str], codebook_sizes: list[int], overrides: dict
     return df.to_dict("records")
 
 
-def _telemetry_off() -> None:
+def telemetry_off() -> None:
     from ..tracking import disable_telemetry
 
     disable_telemetry()

@@ -1,6 +1,7 @@
 """Find the operations in a block of torch code that make the host wait for the device.
 
-The training steps promise no host syncs in the hot loop (issue 5): metrics stay 0-dim device
+A development tool (tests and benches use it; the pipeline does not). The training steps
+promise no host syncs in the hot loop: metrics stay 0-dim device
 tensors, every quantizer and code-replacement round is made of fixed-shape tensor ops, and
 the trainer reads its sums back once per log interval. Two ways to check that:
 
@@ -21,6 +22,7 @@ from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 aten = torch.ops.aten
 
@@ -56,7 +58,9 @@ def syncs_on_device(func, args, kwargs) -> bool:
 
 
 class HostSyncRecorder(TorchDispatchMode):
-    """Records (in ``self.syncs``) the name of each op that would sync on a GPU.
+    """Records (in ``self.syncs``) the name of each op that would sync on a GPU, and every op
+    with its tensor outputs (``self.outputs``: op name, shape, bytes of the storage behind it, so
+    views count once), for checks that a step materialises no large intermediate.
 
     >>> with HostSyncRecorder() as rec:
     ...     step()
@@ -66,12 +70,22 @@ class HostSyncRecorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.syncs: list[str] = []
+        self.outputs: list[tuple[str, tuple[int, ...], int]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if syncs_on_device(func, args, kwargs):
             self.syncs.append(str(func))
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.outputs.append((func.overloadpacket.__name__, tuple(t.shape), t.untyped_storage().nbytes()))
+        return out
+
+    @property
+    def ops(self) -> list[str]:
+        """Names of the ops that ran (those with tensor outputs)."""
+        return [name for name, _, _ in self.outputs]
 
 
 def count_cuda_syncs(fn: Callable[[], object], calls: int = 1) -> int:

@@ -1,12 +1,12 @@
 """Does a change alter the kernels' machine code? Compare the sm_90 SASS of every Triton kernel
 in this working tree with a commit's, on a machine without a GPU.
 
-    python bench/sass_compare.py                      # working tree vs HEAD (a refactor's check)
-    python bench/sass_compare.py 3916c5c              # vs the commit the GPU figures were measured at
-    python bench/sass_compare.py 3916c5c --triton-path .cache/triton-gpu   # under the GPU image's Triton
+    python tools/sass_compare.py                      # working tree vs HEAD (a refactor's check)
+    python tools/sass_compare.py 3916c5c              # vs the commit the GPU figures were measured at
+    python tools/sass_compare.py 3916c5c --triton-path <folder>   # under another Triton (the GPU image's)
     ... --json reports/bench/sass_vs_3916c5c.json
 
-Each kernel of pipeline/kernels/sm90.py's kernel_cases(), as the working tree launches it at its
+Each kernel of tools/sm90.py's kernel_cases(), as the working tree launches it at its
 default configs, is compiled in both trees (the commit's as a temporary git worktree), disassembled
 without addresses and encodings, and compared. A kernel whose SASS is identical runs exactly
 as it did, so its measured GPU times still hold; "registers renamed" (the same instructions
@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SM90 = REPO / "pipeline" / "kernels" / "sm90.py"
+SM90 = REPO / "tools" / "sm90.py"
 
 
 def _load_sm90():
@@ -44,7 +44,7 @@ def _load_sm90():
 def specs() -> list[dict]:
     """kernel_cases() of this tree as plain data: the kernel named by module and function."""
     sys.path.insert(0, str(REPO))
-    from pipeline.kernels.sm90 import kernel_cases
+    from tools.sm90 import kernel_cases
 
     return [dict(label=c.label, module=c.fn.fn.__module__, name=c.fn.fn.__name__, signature=c.signature,
                  constexprs=c.constexprs, num_warps=c.num_warps, num_stages=c.num_stages)
@@ -132,7 +132,7 @@ def main() -> None:
               + (f"  ({r['note']})" if r["note"] else ""))
     if a.json:
         Path(a.json).write_text(json.dumps(dict(rev=a.rev, commit=commit, triton=here["triton"], target="sm_90",
-                                                command="python " + " ".join(["bench/sass_compare.py"] + sys.argv[1:]),
+                                                command="python " + " ".join(["tools/sass_compare.py"] + sys.argv[1:]),
                                                 kernels=rows), indent=2) + "\n")
 
 

@@ -5,8 +5,9 @@ Triton ships ptxas and cuobjdump, so the real compile to a cubin runs on the CPU
 - tests/test_kernels_compile.py: every kernel compiles at its default launch config, its
   per-thread stack (register spills, which become local-memory traffic in the hot loop) stays
   bounded, and its shared memory fits an H100 block (a launch asking for more fails on the GPU);
-- bench/sass_compare.py: whether a change altered the machine code at all. A refactor that
-  leaves a kernel's SASS identical leaves the GPU timings measured before it valid.
+- tools/sass_compare.py: whether a change altered the machine code at all. A refactor that
+  leaves a kernel's SASS identical leaves the GPU timings measured before it valid;
+- tools/sweep_resources.py: what every config of the GPU sweep compiles to.
 
 Nothing here launches a kernel; only ``kernel_cases`` imports torch (through the kernel modules).
 """
@@ -21,9 +22,9 @@ from typing import NamedTuple
 N_BENCH, K_BENCH = 16_384, 65_536      # the issue's quantizer-step size
 H100_SMS = 132                          # H100 SXM: the auto split-K / split-rows choices depend on it
 H100_MAX_SHARED = 232_448               # bytes of shared memory one block may use (227 KB, opt-in)
-# Set, these move kernel_cases() off the GPU's default launch configs (the interpreter's
-# defaults, or a config override): compile with them unset.
-CONFIG_ENV_VARS = ("TRITON_INTERPRET", "NSVQ_SEARCH_CONFIG", "NSVQ_NS_CONFIG")
+# Set, this moves kernel_cases() off the GPU's default launch configs (to the interpreter's), and
+# makes triton.jit return interpreted functions that cannot be compiled: compile with it unset.
+CONFIG_ENV_VARS = ("TRITON_INTERPRET",)
 
 
 class KernelCase(NamedTuple):
@@ -93,9 +94,6 @@ _SIGNATURES = {        # runtime arguments by kernel name, as the host code pass
     "_search_dot_kernel": _SEARCH_SIG,
     "_merge_kernel": dict(z_ptr=_F32, cb_ptr=_F32, pval_ptr=_F32, pidx_ptr=_I32, idx_ptr=_I64, dist_ptr=_F32,
                           N="i32", S="i32"),
-    "_ns_rows_kernel": (rows := dict(z_ptr=_F32, p_ptr=_F32, win_ptr=_I32, zsq_ptr=_F32, crow_ptr=_F32, N="i32",
-                                     T="i32", neg_a="fp32", log2_lamk="fp32")),
-    "_ns_rows_dot_kernel": rows,
     "_ns_codes_kernel": (codes := dict(z_ptr=_F32, win_ptr=_I64, zsq_ptr=_F32, crow_ptr=_F32, p_ptr=_F32,
                                        s_ptr=_F32, m_ptr=_F32, tot_ptr=_F32, N="i32", K="i32",
                                        ROWS_PER_SPLIT="i32", neg_a="fp32")),
@@ -108,7 +106,7 @@ _SIGNATURES = {        # runtime arguments by kernel name, as the host code pass
 
 
 def case_of(label: str, launch) -> KernelCase:
-    """A kernel_cases entry from a launch the host code builds (search_triton.Launch)."""
+    """A kernel_cases entry from a launch the host code builds (pipeline.kernels.launch.Launch)."""
     fn = launch.kernel
     return KernelCase(label, fn, _SIGNATURES[fn.fn.__name__], launch.constexprs, launch.num_warps,
                       launch.num_stages)
@@ -117,16 +115,17 @@ def case_of(label: str, launch) -> KernelCase:
 def kernel_cases(n: int = N_BENCH, k: int = K_BENCH) -> list[KernelCase]:
     """Every kernel the quantizer step launches at N = n, K = k on an H100, with its default
     launch config, at D = 8 (FMA path) and D = 64 (tl.dot path, fp32 and tf32x3): the search
-    (and its split-K merge, when the auto split applies), NS pass 1, pass 2 and the fused search +
-    pass 1. The constexprs and compile options come from the same planning functions the host
-    code launches through. Call with CONFIG_ENV_VARS unset."""
-    from . import ns_fused_triton as nf
-    from . import ns_loss_triton as nt
-    from . import search_triton as st
+    (and its split-K merge, when the auto split applies), NSVQ's row pass (the search fused with
+    the log-sum-exp) and its per-code pass. The constexprs and compile options come from the same
+    planning functions the host code launches through. Call with CONFIG_ENV_VARS unset."""
+    from pipeline.kernels import ns_fused_triton as nf
+    from pipeline.kernels import ns_loss_triton as nt
+    from pipeline.kernels import search_triton as st
+    from pipeline.kernels.launch import FMA_MAX_D
 
     cases = []
     for d in (8, 64):
-        dot = d > st.FMA_MAX_D
+        dot = d > FMA_MAX_D
         path = "dot" if dot else "fma"
         for prec in ("ieee", "tf32x3") if dot else ("ieee",):
             tag = f"D={d} {prec}"
@@ -136,7 +135,31 @@ def kernel_cases(n: int = N_BENCH, k: int = K_BENCH) -> list[KernelCase]:
             cases += [case_of(f"search {path} {tag}", plan.search)]
             if plan.merge and prec == "ieee":     # the merge has no precision
                 cases += [case_of(f"search merge D={d}", plan.merge)]
-            cases += [case_of(f"NS pass 1{dot_tag} {tag}", nt.ns_rows_launch(shape)),
-                      case_of(f"NS pass 2{dot_tag} {tag}", nt.plan_codes_pass(shape, H100_SMS).launch),
-                      case_of(f"fused search + NS pass 1{dot_tag} {tag}", nf.fused_rows_launch(shape))]
+            cases += [case_of(f"NS codes{dot_tag} {tag}", nt.plan_codes_pass(shape, H100_SMS).launch),
+                      case_of(f"NS rows (search + lse){dot_tag} {tag}", nf.fused_rows_launch(shape))]
     return cases
+
+
+def compile_every_kernel() -> dict:
+    """{label: {"regs", "stack", "shared"}} for every kernel_cases() entry (run with
+    CONFIG_ENV_VARS unset, so these are the GPU's launch configs)."""
+    return {c.label: resource_usage(compile_sm90(c.fn, c.signature, c.constexprs, c.num_warps, c.num_stages))
+            for c in kernel_cases()}
+
+
+if __name__ == "__main__":
+    # python tools/sm90.py [--labels]: every kernel's sm_90 resources (or only the case labels) as JSON
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    for var in CONFIG_ENV_VARS:
+        if os.environ.get(var):
+            raise SystemExit(f"unset {var}: it moves the kernels off the GPU's launch configs")
+    if sys.argv[1:] == ["--labels"]:
+        print(json.dumps([c.label for c in kernel_cases()]))
+        raise SystemExit(0)
+    import triton
+
+    print(json.dumps({"triton": triton.__version__, "triton_file": triton.__file__,
+                      "results": compile_every_kernel()}))

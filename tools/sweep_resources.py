@@ -4,12 +4,13 @@ time of each kernel a config launches at the bench's size (N = 16,384, K = 65,53
 that cannot launch on an H100 (more shared memory than a block may have) or that spills heavily
 shows up here, before it costs device time.
 
-    python bench/sweep_resources.py [--d 8|64] [--module search_triton|ns_loss_triton|ns_fused_triton]
+    python tools/sweep_resources.py [--d 8|64] [--kernels search|ns]
                                     [--json reports/bench/sweep_resources_triton3.8.json]
-    PYTHONPATH=.cache/triton-gpu python bench/sweep_resources.py ...    # under the GPU image's Triton
+    PYTHONPATH=<a folder with another Triton> python tools/sweep_resources.py ...
 
-The launches come from the planning functions the host code launches through
-(pipeline/kernels/sm90.py, case_of). Exit status 1 if a config does not compile or does not fit.
+The configs are bench/sweep_kernels.py's; the launches come from the planning functions the host
+code launches through (tools/sm90.py, case_of). Exit status 1 if a config does not compile or
+does not fit.
 """
 from __future__ import annotations
 
@@ -22,46 +23,41 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-MODULES = ("search_triton", "ns_loss_triton", "ns_fused_triton")
+sys.path.insert(0, str(REPO / "bench"))
+KERNELS = ("search", "ns")
 
 
-def sweep_launches(ds=(8, 64), modules=MODULES):
-    """(module, d, config override, [(kernel name, Launch)]) for every sweep_configs entry."""
+def sweep_launches(ds=(8, 64), kernels=KERNELS):
+    """(kernels, d, config override, [(kernel name, Launch)]) for every config of the sweep."""
     from pipeline.kernels import ns_fused_triton as nf
     from pipeline.kernels import ns_loss_triton as nt
     from pipeline.kernels import search_triton as st
-    from pipeline.kernels.sm90 import H100_SMS, K_BENCH, N_BENCH
+    from sweep_kernels import ns_sweep, search_sweep
+    from tools.sm90 import H100_SMS, K_BENCH, N_BENCH
 
     n, k = N_BENCH, K_BENCH
     for d in ds:
-        if "search_triton" in modules:
-            for cfg in st.sweep_configs(d):
+        if "search" in kernels:
+            for cfg in search_sweep(d):
                 plan = st.plan_search(n, k, d, dict(st.default_config(n, k, d), **cfg), H100_SMS)
                 merge = [("merge", plan.merge)] if plan.merge else []
-                yield "search_triton", d, cfg, [("search", plan.search)] + merge
-        for module, mod in (("ns_loss_triton", nt), ("ns_fused_triton", nf)):
-            if module not in modules:
-                continue
-            for cfg in mod.sweep_configs(d):
-                shape = nt.ns_shape(n, k, d, cfg, module)
-                if mod is nt:
-                    launches = [("pass 1", nt.ns_rows_launch(shape)),
-                                ("pass 2", nt.plan_codes_pass(shape, H100_SMS).launch)]
-                else:
-                    launches = [("fused", nf.fused_rows_launch(shape))]
-                yield module, d, cfg, launches
+                yield "search", d, cfg, [("search", plan.search)] + merge
+        if "ns" in kernels:
+            for cfg in ns_sweep(d):
+                shape = nt.ns_shape(n, k, d, cfg, "sweep_resources")
+                yield "ns", d, cfg, [("rows", nf.fused_rows_launch(shape)),
+                                     ("codes", nt.plan_codes_pass(shape, H100_SMS).launch)]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d", type=int, choices=(8, 64), action="append", help="only this D (repeatable)")
-    ap.add_argument("--module", choices=MODULES, action="append", help="only this module (repeatable)")
+    ap.add_argument("--kernels", choices=KERNELS, action="append", help="only these kernels (repeatable)")
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args()
     import triton
 
-    from pipeline.kernels.sm90 import (CONFIG_ENV_VARS, H100_MAX_SHARED, case_of, compile_sm90,
-                                       resource_usage)
+    from tools.sm90 import CONFIG_ENV_VARS, H100_MAX_SHARED, case_of, compile_sm90, resource_usage
 
     for var in CONFIG_ENV_VARS:         # the GPU's defaults under each override, as the sweep runs them
         os.environ.pop(var, None)
@@ -69,7 +65,7 @@ def main() -> int:
     print(f"Triton {triton.__version__}, sm_90; stack = spill bytes per thread; "
           f"shared must be <= {H100_MAX_SHARED} B")
     print(f"{'module':16s} {'D':>3s} {'kernel':7s} {'regs':>4s} {'stack':>5s} {'shared':>6s} {'s':>4s}  config")
-    for module, d, cfg, launches in sweep_launches(tuple(a.d or (8, 64)), tuple(a.module or MODULES)):
+    for module, d, cfg, launches in sweep_launches(tuple(a.d or (8, 64)), tuple(a.kernels or KERNELS)):
         for name, launch in launches:
             c = case_of(name, launch)
             t0 = time.perf_counter()
@@ -90,7 +86,7 @@ def main() -> int:
           + (f"; most stack {worst['stack']} B ({worst['module']} D={worst['d']} {worst['kernel']} "
              f"{json.dumps(worst['config'])})" if worst else ""))
     if a.json:
-        command = "python " + " ".join(["bench/sweep_resources.py"] + sys.argv[1:])
+        command = "python " + " ".join(["tools/sweep_resources.py"] + sys.argv[1:])
         Path(a.json).write_text(json.dumps(dict(triton=triton.__version__, target="sm_90", command=command, rows=rows),
                                            indent=1) + "\n")
     return 1 if bad else 0
