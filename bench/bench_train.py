@@ -34,9 +34,10 @@ from pipeline.configbase import build
 from pipeline.data import load_split, prepare_dataset
 from tools.host_sync import HostSyncRecorder, count_cuda_syncs
 from pipeline.models.autoencoder import VQAutoencoder
-from pipeline.pretraining import encode_images, pretrain_autoencoder
+from pipeline.models.inference import encode_latents
+from pipeline.pretraining import pretrain_autoencoder
 from pipeline.quantizers import CodeReplacement, build_quantizer
-from pipeline.training import Trainer
+from pipeline.training.setup import RunOptions
 from pipeline.vq_training import prepare_vq_training
 
 CELEBA = dict(hidden_channels=256, res_channels=256, num_res_blocks=6, downsample=4, code_dim=64)
@@ -64,9 +65,7 @@ def pretrained_autoencoder(images) -> dict:
     torch.manual_seed(0)
     model = VQAutoencoder(**CELEBA)
     pp = build(PretrainParams, {"steps": PRETRAIN_STEPS, "batch_size": BATCH, "lr": 5e-4, "precision": "bf16"})
-    trainer = Trainer("pretrain", total_steps=pp.steps, checkpoint_path=None, precision="bf16", device=DEVICE,
-                      progress=False)
-    pretrain_autoencoder(model, images, pp, trainer)
+    pretrain_autoencoder(model, images, pp, RunOptions(device=DEVICE, progress=False))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -78,14 +77,13 @@ def make_step(images, method: str, k: int, optimized: bool, seed: int = 0, weigh
     if weights is not None:
         model.load_state_dict(weights, strict=False)          # the quantizer is new
     # Codes start on the encoder's latents (as the pipeline's k-means init does).
-    latents = encode_images(model, images[: -(-k // PER_IMAGE)], DEVICE)
+    latents = encode_latents(model, images[: -(-k // PER_IMAGE)], DEVICE)
     model.quantizer.init_codebook(latents[torch.randperm(latents.shape[0], device=DEVICE)[:k]])
     precision = "bf16" if optimized else "fp32"
     tp = build(TrainVQParams, {"track_steps": 10**6, "freeze_steps": 0, "batch_size": BATCH, "lr": 2e-4,
                                "precision": precision, "compile": optimized, "seed": seed})
-    trainer = Trainer("bench", total_steps=10**6, checkpoint_path=None, precision=precision, device=DEVICE,
-                      progress=False)
-    step_fn, _ = prepare_vq_training(model, images, tp, CodeReplacement.from_params(qp.replacement), trainer)
+    step_fn, _ = prepare_vq_training(model, images, tp, CodeReplacement.from_params(qp.replacement),
+                                     RunOptions(device=DEVICE, progress=False))
     return step_fn, model
 
 

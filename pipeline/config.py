@@ -118,6 +118,13 @@ def _quantizer_params() -> type:
 QuantizerParams = _quantizer_params()
 
 
+def method_params(qp) -> dict:
+    """The part of a built quantizer section its method reads, as a dict: the shared keys and the
+    method's own section (the other methods' sections change nothing; dvc.yaml narrows
+    train_vq's params the same way)."""
+    return {k: v for k, v in to_dict(qp).items() if k not in METHODS or k == qp.method}
+
+
 @dataclass
 class LoopParams:
     """Options every training stage shares (pipeline/training.py)."""

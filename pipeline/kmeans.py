@@ -133,3 +133,28 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, search: dict
     inertia = dist.mean().item()
     history.append(inertia)
     return KMeansResult(centers, inertia, (counts == 0).float().mean().item(), history)
+
+
+def kmeans_init(p, prepared, pretrain_model, device=None, log=None) -> tuple[KMeansResult, int]:
+    """The kmeans_init stage: k-means of the pretrained encoder's training latents (a seeded
+    sample of at most ``kmeans_init.max_latents``) into ``quantizer.codebook_size`` codes.
+    Returns the fit and the number of latents it used."""
+    from .configbase import ConfigError
+    from .data import load_split
+    from .models.inference import encode_latents
+    from .models.io import load_autoencoder
+    from .quantizers.search import search_kwargs
+    from .training.device import pick_device
+
+    device = device or pick_device()
+    model, _ = load_autoencoder(pretrain_model, device)
+    latents = encode_latents(model, load_split(prepared, "train"), device)
+    kp, k = p.kmeans_init, p.quantizer.codebook_size
+    if latents.shape[0] > kp.max_latents:
+        g = torch.Generator().manual_seed(kp.seed)
+        latents = latents[torch.randperm(latents.shape[0], generator=g)[:kp.max_latents].to(latents.device)]
+    if latents.shape[0] < k:
+        raise ConfigError(f"quantizer.codebook_size: {k} codes need at least {k} training latents, "
+                          f"the training set gives {latents.shape[0]}")
+    return kmeans(latents, k, iters=kp.iters, seed=kp.seed, search=search_kwargs(p.quantizer.search), log=log), \
+        latents.shape[0]

@@ -1,44 +1,48 @@
 """pretrain: the encoder and decoder as a continuous autoencoder (no quantizer), MSE + Adam."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import input_batches
+from .configbase import to_dict
+from .data import load_manifest, load_split
 from .models.autoencoder import VQAutoencoder
-from .training import BatchSource, Trainer, TrainResult, compile_autoencoder, make_adam, optimizer_step
+from .training.checkpoint import fingerprint
+from .training.device import compile_autoencoder
+from .training.loop import TrainResult
+from .training.optim import optimizer_step
+from .training.setup import RunOptions, setup_training
 
 
-def pretrain_autoencoder(model: VQAutoencoder, train_images: np.ndarray, pp, trainer: Trainer,
+def pretrain_autoencoder(model: VQAutoencoder, train_images: np.ndarray, pp, run: RunOptions = RunOptions(),
                          on_log=None) -> TrainResult:
     """Train ``model`` (quantizer None) on ``train_images`` for ``pp.steps`` steps."""
     if model.quantizer is not None:
         raise ValueError("pretrain trains the continuous autoencoder: build the model without a quantizer")
-    model.to(trainer.device).train()
-    if trainer.device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    opt = make_adam(model.parameters(), pp)
-    source = BatchSource(train_images, pp.batch_size, pp.seed, trainer.device)
+    t = setup_training("pretrain", pp, model, train_images, total_steps=pp.steps, run=run)
     compile_autoencoder(model, pp.compile)
+    model.train()
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        x = source.batch(step)
-        with trainer.autocast():
+        x = t.batches.batch(step)
+        with t.trainer.autocast():
             x_hat, _ = model(x)
         loss = F.mse_loss(x_hat.float(), x)
-        optimizer_step(loss, opt, pp.grad_clip)
+        optimizer_step(loss, t.optimizer, pp.grad_clip)
         return {"loss": loss}
 
-    return trainer.fit(step_fn, {"model": model, "optimizer": opt}, on_log=on_log)
+    return t.fit(step_fn, {"model": model}, on_log=on_log)
 
 
-@torch.no_grad()
-def encode_images(model: VQAutoencoder, images: np.ndarray, device, batch_size: int = 256) -> torch.Tensor:
-    """Encoder latents of uint8 NHWC images as rows (N * h * w, D), on ``device``."""
-    model.eval()
-    rows = []
-    for x in input_batches(images, device, batch_size):
-        z = model.encode(x).float()
-        rows.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
-    return torch.cat(rows)
+def pretrain(p, prepared: Path, checkpoint: Path | None = None, on_log=None) -> tuple[VQAutoencoder, TrainResult]:
+    """The pretrain stage: the model of ``p.model``, seeded by ``p.pretrain.seed``, trained on the
+    prepared training split; a checkpoint resumes only a run of the same params and data."""
+    manifest = load_manifest(prepared)
+    pp = p.pretrain
+    torch.manual_seed(pp.seed)            # the initial weights are part of what params fix
+    model = VQAutoencoder.from_params(p.model)
+    run = RunOptions(checkpoint, fingerprint(to_dict(p.model), to_dict(pp), manifest["sha256"]))
+    return model, pretrain_autoencoder(model, load_split(prepared, "train"), pp, run, on_log)

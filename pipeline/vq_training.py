@@ -13,14 +13,25 @@ Loss per step: MSE(x_hat, x) + quantizer loss. The tau schedule of NS-VQ is driv
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import method_params
+from .configbase import to_dict
+from .data import load_manifest, load_split
 from .models.autoencoder import VQAutoencoder
+from .models.io import load_autoencoder
+from .quantizers.registry import build_quantizer
 from .quantizers.replacement import CodeReplacement
-from .training import BatchSource, Trainer, TrainResult, compile_autoencoder, make_adam, optimizer_step
+from .training.checkpoint import fingerprint
+from .training.device import compile_autoencoder
+from .training.loop import TrainResult
+from .training.optim import optimizer_step
+from .training.setup import RunOptions, Training, setup_training
 
 
 def steps_per_epoch(tp, num_train: int) -> int:
@@ -32,8 +43,7 @@ def set_encoder_frozen(model: VQAutoencoder, frozen: bool) -> None:
     model.encoder.train(not frozen)
 
 
-def make_vq_step(model: VQAutoencoder, opt: torch.optim.Optimizer, source: BatchSource, tp,
-                 replacement: CodeReplacement, trainer: Trainer, per_epoch: int):
+def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplacement, per_epoch: int):
     """The train_vq step: ``step_fn(step) -> metrics`` (0-dim device tensors, no host sync)."""
     quantizer = model.quantizer
 
@@ -42,19 +52,19 @@ def make_vq_step(model: VQAutoencoder, opt: torch.optim.Optimizer, source: Batch
         if frozen == model.encoder.training:   # phase boundary (also right after a resume)
             set_encoder_frozen(model, frozen)
         quantizer.set_progress(step, step / per_epoch)
-        x = source.batch(step)
-        with trainer.autocast():
+        x = t.batches.batch(step)
+        with t.trainer.autocast():
             if frozen:
                 with torch.no_grad():
                     z = model.encode(x)
             else:
                 z = model.encode(x)
         out = quantizer(z)
-        with trainer.autocast():
+        with t.trainer.autocast():
             x_hat = model.decode(out.z_q)
         rec = F.mse_loss(x_hat.float(), x)
         loss = rec + out.loss
-        optimizer_step(loss, opt, tp.grad_clip)
+        optimizer_step(loss, t.optimizer, tp.grad_clip)
         metrics = {"loss": loss, "rec_loss": rec, "vq_loss": out.loss, **out.stats}
         replaced = replacement(quantizer, step + 1)
         if replaced is not None:
@@ -65,24 +75,49 @@ def make_vq_step(model: VQAutoencoder, opt: torch.optim.Optimizer, source: Batch
 
 
 def prepare_vq_training(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: CodeReplacement,
-                        trainer: Trainer):
-    """Move the model to the device, build optimizer, batches and the step; returns (step_fn, opt)."""
-    model.to(trainer.device).train()
-    if trainer.device.type == "cuda":
-        model.encoder.to(memory_format=torch.channels_last)
-        model.decoder.to(memory_format=torch.channels_last)
+                        run: RunOptions = RunOptions()):
+    """The set-up and the step of two-phase VQ training; returns (step_fn, Training)."""
     # One optimizer over everything; frozen encoder params simply get no gradient in phase 2.
-    opt = make_adam(model.parameters(), tp)
-    source = BatchSource(train_images, tp.batch_size, tp.seed, trainer.device)
+    t = setup_training("train_vq", tp, model, train_images, total_steps=tp.track_steps + tp.freeze_steps, run=run)
     compile_autoencoder(model, tp.compile)
+    model.train()
     if replacement.until_step < 0:
         replacement.until_step = tp.track_steps
-    step_fn = make_vq_step(model, opt, source, tp, replacement, trainer, steps_per_epoch(tp, len(train_images)))
-    return step_fn, opt
+    return make_vq_step(model, t, tp, replacement, steps_per_epoch(tp, len(train_images))), t
 
 
 def train_vq(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: CodeReplacement,
-             trainer: Trainer, on_log=None) -> TrainResult:
+             run: RunOptions = RunOptions(), on_log=None) -> TrainResult:
     """Two-phase VQ training of ``model`` (encoder/decoder from pretrain, quantizer attached)."""
-    step_fn, opt = prepare_vq_training(model, train_images, tp, replacement, trainer)
-    return trainer.fit(step_fn, {"model": model, "optimizer": opt}, on_log=on_log)
+    step_fn, t = prepare_vq_training(model, train_images, tp, replacement, run)
+    return t.fit(step_fn, {"model": model}, on_log=on_log)
+
+
+@dataclass
+class TrainedVQ:
+    model: VQAutoencoder
+    result: TrainResult
+    progress: dict      # where the quantizer's schedules stopped: {"step", "epoch"}
+
+
+def run_train_vq(p, prepared: Path, pretrain_model: Path, codebook_init: Path | None,
+                 checkpoint: Path | None = None, on_log=None) -> TrainedVQ:
+    """The train_vq stage: the pretrained autoencoder with the quantizer of ``p.quantizer``
+    (seeded by ``p.train_vq.seed``, from the k-means codes when ``train_vq.kmeans_init`` and the
+    method uses them), trained in two phases on the prepared training split."""
+    tp, qp = p.train_vq, p.quantizer
+    manifest = load_manifest(prepared)
+    model, _ = load_autoencoder(pretrain_model)
+    torch.manual_seed(tp.seed)            # the quantizer's initial tables are part of what params fix
+    model.quantizer = build_quantizer(qp, model.config["code_dim"])
+    # Methods whose codebook is a transform of a frozen table (simvq, transvq) or that
+    # initialise themselves (sf_diveq) skip the k-means codes.
+    if tp.kmeans_init and model.quantizer.uses_kmeans_init:
+        model.quantizer.init_codebook(torch.load(codebook_init, map_location="cpu")["codes"])
+    run = RunOptions(checkpoint, fingerprint(model.config, method_params(qp), to_dict(tp), manifest["sha256"]))
+    result = train_vq(model, load_split(prepared, "train"), tp, CodeReplacement.from_params(qp.replacement),
+                      run, on_log)
+    total = tp.track_steps + tp.freeze_steps
+    progress = {"step": total, "epoch": total / steps_per_epoch(tp, manifest["counts"]["train"])}
+    return TrainedVQ(model, result, progress)
+

@@ -1,30 +1,16 @@
-"""DVC stage `prepare`: decode, validate and split the images into data/prepared/."""
+"""DVC stage `prepare`: decode, validate and split the images into the prepared data folder."""
 from __future__ import annotations
 
-from prefect import flow
-
-from pipeline.configbase import to_dict
-from pipeline.tracking import stage_run
-from stages.common import PREPARED, load_params, main, stage_task
+from pipeline.data import prepare_dataset
+from stages.common import StageResult, run_stage
 
 
-@stage_task
-def prepare_images(data_params) -> dict:
-    from pipeline.data import prepare_dataset
-
-    return prepare_dataset(data_params, PREPARED)
-
-
-@flow(name="prepare")
-def prepare_flow() -> None:
-    p = load_params()
-    with stage_run("prepare") as run:
-        run.log_params(to_dict(p.data), "data")
-        manifest = prepare_images(p.data)
-        run.log_metrics({"train_images": manifest["counts"]["train"], "val_images": manifest["counts"]["val"],
-                         "unreadable_files": manifest.get("unreadable_count", 0)})
-        run.log_artifact(PREPARED / "manifest.json")
+def work(p, paths, run) -> StageResult:
+    manifest = prepare_dataset(p.data, paths.prepared)
+    return StageResult({"train_images": manifest["counts"]["train"], "val_images": manifest["counts"]["val"],
+                        "unreadable_files": manifest.get("unreadable_count", 0)},
+                       artifacts=[paths.prepared / "manifest.json"])
 
 
 if __name__ == "__main__":
-    main(prepare_flow)
+    run_stage("prepare", work)

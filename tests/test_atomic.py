@@ -43,7 +43,7 @@ def test_atomic_save_writes_the_same_bytes_for_the_same_object(tmp_path):
     same weights must not make the stages downstream stale)."""
     import torch
 
-    from pipeline.training import atomic_save
+    from pipeline.torchio import atomic_save
 
     obj = {"codes": torch.arange(12.0).reshape(3, 4), "inertia": 1.5}
     first, second = tmp_path / "a.pt", tmp_path / "sub" / "b.pt"

@@ -10,13 +10,13 @@ import torch
 
 from pipeline.config import ConfigError, Params, RefineGANParams
 from pipeline.configbase import build
-from pipeline.evaluation import reconstruct
-from pipeline.gan_training import refine_gan, token_changes
-from pipeline.losses import adaptive_weight, discriminator_loss, generator_loss, reconstruction_loss
+from pipeline.gan.discriminator import PatchDiscriminator, patch_grid
+from pipeline.gan.losses import adaptive_weight, discriminator_loss, generator_loss, reconstruction_loss
+from pipeline.gan.training import refine_gan, token_changes
 from pipeline.models.autoencoder import VQAutoencoder
-from pipeline.models.discriminator import PatchDiscriminator, patch_grid
+from pipeline.models.inference import reconstruct
 from pipeline.quantizers.vq import VQ
-from pipeline.training import Trainer
+from pipeline.training.setup import RunOptions
 
 
 def test_hinge_loss_hand_case():
@@ -117,13 +117,8 @@ def _refine(model, tmp_path=None, stop_after=None, **over):
     rp = build(RefineGANParams, {"steps": 6, "batch_size": 4, "disc_start": 2, "disc_layers": 1, "disc_channels": 8,
                                  "perceptual_weight": 0.0, "log_every": 2, "checkpoint_every": 2, "lr": 1e-3,
                                  **over})
-    trainer = Trainer("refine", total_steps=rp.steps, checkpoint_path=tmp_path and tmp_path / "ck.pt",
-                      run_fingerprint="f", checkpoint_every=rp.checkpoint_every, log_every=rp.log_every,
-                      device="cpu", progress=False)
-    if stop_after is not None:
-        fit = trainer.fit
-        trainer.fit = lambda step_fn, state, on_log=None: fit(step_fn, state, on_log, stop_after=stop_after)
-    return refine_gan(model, _images(), rp, trainer)
+    run = RunOptions(tmp_path and tmp_path / "ck.pt", "f", "cpu", progress=False, stop_after=stop_after)
+    return refine_gan(model, _images(), rp, run)
 
 
 def test_decoder_mode_keeps_encoder_codebook_and_tokens():
@@ -198,8 +193,9 @@ class Blocker(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in BLOCK:
             raise ImportError("blocked " + name)
 sys.meta_path.insert(0, Blocker())
-import pipeline.losses, pipeline.models.discriminator, pipeline.models.prior, pipeline.gan_training
-import pipeline.prior_training
+import pipeline.gan.losses, pipeline.gan.discriminator, pipeline.gan.training
+import pipeline.prior.model, pipeline.prior.training, pipeline.pretraining, pipeline.vq_training
+import pipeline.training.setup, pipeline.models.io, pipeline.models.inference, pipeline.quantizers.registry
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -14,13 +14,14 @@ import torch
 
 from pipeline.config import PretrainParams, PriorParams, QuantizerParams, RefineGANParams, TrainVQParams
 from pipeline.configbase import build
-from pipeline.gan_training import refine_gan
+from pipeline.gan.training import refine_gan
 from tools.host_sync import HostSyncRecorder
 from pipeline.models.autoencoder import VQAutoencoder
 from pipeline.pretraining import pretrain_autoencoder
-from pipeline.prior_training import build_prior, train_prior
+from pipeline.prior.training import build_prior, train_prior
 from pipeline.quantizers import METHODS, CodeReplacement, build_quantizer
-from pipeline.training import Trainer
+from pipeline.training.loop import Trainer
+from pipeline.training.setup import RunOptions
 from pipeline.vq_training import train_vq
 
 STEPS = 4
@@ -64,25 +65,27 @@ def test_recorder_passes_fixed_shape_device_ops():
     assert rec.syncs == ["aten.bincount.default"]
 
 
-def _record_steps(trainer: Trainer) -> list[str]:
-    """Make ``trainer.fit`` run each step under a recorder; returns the (shared) record."""
-    found: list[str] = []
-    fit = trainer.fit
+@pytest.fixture
+def recorded(monkeypatch) -> dict:
+    """Every training step run under a recorder: {"syncs": the ops that would sync, "steps": the
+    number of steps recorded per trainer name}."""
+    seen = {"syncs": [], "steps": {}}
+    fit = Trainer.fit
 
-    def recorded_fit(step_fn, state, on_log=None):
+    def recorded_fit(self, step_fn, state, on_log=None, stop_after=None):
         def step(s):
             with HostSyncRecorder() as rec:
                 out = step_fn(s)
-            found.extend(f"step {s}: {op}" for op in rec.syncs)
+            seen["syncs"].extend(f"{self.name} step {s}: {op}" for op in rec.syncs)
+            seen["steps"][self.name] = seen["steps"].get(self.name, 0) + 1
             return out
-        return fit(step, state, on_log)
+        return fit(self, step, state, on_log, stop_after)
 
-    trainer.fit = recorded_fit
-    return found
+    monkeypatch.setattr(Trainer, "fit", recorded_fit)
+    return seen
 
 
-def _trainer(steps: int) -> Trainer:
-    return Trainer("t", total_steps=steps, checkpoint_path=None, device="cpu", progress=False, log_every=2)
+RUN = RunOptions(device="cpu", progress=False)
 
 
 def _images(n=16, size=16):
@@ -97,38 +100,31 @@ def _model(quantizer=None) -> VQAutoencoder:
 
 @pytest.mark.parametrize("levels", [1, 2])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_train_vq_step_has_no_host_syncs(method, levels):
+def test_train_vq_step_has_no_host_syncs(method, levels, recorded):
     """Both phases (tracking, then the frozen encoder) and a code-replacement round each step."""
     extra = {"transvq": {"model_dim": 16}} if method == "transvq" else {}
     qp = build(QuantizerParams, {"method": method, "codebook_size": 16, "levels": levels, **extra})
     model = _model(build_quantizer(qp, 4))
     tp = build(TrainVQParams, {"track_steps": STEPS // 2, "freeze_steps": STEPS // 2, "batch_size": 4})
     replacement = CodeReplacement("importance", period=1, until_step=STEPS)
-    trainer = _trainer(STEPS)
-    found = _record_steps(trainer)
-    result = train_vq(model, _images(), tp, replacement, trainer)
-    assert result.steps == STEPS
-    assert not found, found
+    result = train_vq(model, _images(), tp, replacement, RUN)
+    assert result.steps == STEPS and recorded["steps"] == {"train_vq": STEPS}
+    assert not recorded["syncs"], recorded["syncs"]
 
 
-def test_pretrain_refine_gan_and_prior_steps_have_no_host_syncs():
+def test_pretrain_refine_gan_and_prior_steps_have_no_host_syncs(recorded):
     images = _images()
     model = _model()
-    trainer = _trainer(STEPS)
-    found = _record_steps(trainer)
-    pretrain_autoencoder(model, images, build(PretrainParams, {"steps": STEPS, "batch_size": 4}), trainer)
+    pretrain_autoencoder(model, images, build(PretrainParams, {"steps": STEPS, "batch_size": 4}), RUN)
 
     model = _model(build_quantizer(build(QuantizerParams, {"codebook_size": 16}), 4))
     rp = build(RefineGANParams, {"steps": STEPS, "batch_size": 4, "disc_start": 1, "disc_layers": 1,
                                  "disc_channels": 8, "perceptual_weight": 0.0, "train": "decoder_encoder_codebook"})
-    trainer = _trainer(STEPS)
-    found += _record_steps(trainer)
-    refine_gan(model, images, rp, trainer)
+    refine_gan(model, images, rp, RUN)
 
     pp = build(PriorParams, {"steps": STEPS, "batch_size": 4, "layers": 1, "heads": 2, "width": 16,
                              "warmup_steps": 1})
-    trainer = _trainer(STEPS)
-    found += _record_steps(trainer)
     seqs = np.random.default_rng(0).integers(0, 16, (8, 6))
-    train_prior(build_prior(pp, 16, 6), seqs, pp, trainer)
-    assert not found, found
+    train_prior(build_prior(pp, 16, 6), seqs, pp, RUN)
+    assert recorded["steps"] == {"pretrain": STEPS, "refine_gan": STEPS, "train_prior": STEPS}
+    assert not recorded["syncs"], recorded["syncs"]

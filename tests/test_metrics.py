@@ -1,4 +1,4 @@
-"""Tests for pipeline.metric_nets and pipeline.metrics.
+"""Tests for pipeline.evaluation.nets and pipeline.evaluation.metrics.
 
 Everything runs offline: the network is cut for the whole module, so any attempt to
 download weights fails the test. FID costs about 0.25 s per image on a laptop CPU, hence
@@ -21,7 +21,9 @@ import skimage
 import torch
 from PIL import Image
 
-from pipeline import metric_nets, metrics
+from pipeline.evaluation import nets as metric_nets
+
+from pipeline.evaluation import metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYIQA_WHEEL_GLOB = "pyiqa-0.1.16-*.whl"
@@ -241,7 +243,7 @@ def test_lpips_upsamples_images_below_the_backbone_minimum():
     """16 px is below AlexNet's minimum; the distance is that of the 2x bilinear upsample."""
     import torch
 
-    from pipeline.metric_nets import load_lpips
+    from pipeline.evaluation.nets import load_lpips
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from pipeline.config import PriorParams
 from pipeline.configbase import build
 from pipeline.models.autoencoder import VQAutoencoder
-from pipeline.models.prior import TokenPrior, grid_to_sequence, load_prior, sample_logits, save_prior, \
+from pipeline.prior.model import TokenPrior, grid_to_sequence, load_prior, sample_logits, save_prior, \
     sequence_to_grid
-from pipeline.prior_training import WarmupCosine, build_prior, nll_bits_per_token, sample_images, \
+from pipeline.prior.training import WarmupCosine, build_prior, nll_bits_per_token, sample_images, \
     token_entropy_bits, train_prior
-from pipeline.training import Trainer
+from pipeline.training.setup import RunOptions
 
 K = 8
 
@@ -32,9 +32,8 @@ def _params(**over) -> PriorParams:
     return build(PriorParams, {**base, **over})
 
 
-def _trainer(pp, path=None, fp="x") -> Trainer:
-    return Trainer("prior", total_steps=pp.steps, checkpoint_path=path, run_fingerprint=fp,
-                   checkpoint_every=pp.checkpoint_every, log_every=pp.log_every, device="cpu", progress=False)
+def _run(path=None, fp="x", stop_after=None) -> RunOptions:
+    return RunOptions(path, fp, "cpu", progress=False, stop_after=stop_after)
 
 
 def test_causal_mask_change_at_t_leaves_logits_up_to_t():
@@ -61,7 +60,7 @@ def test_learns_a_deterministic_pattern():
     prior = build_prior(pp, K, seq.shape[1])
     val = _pattern(128, seed=1)
     assert nll_bits_per_token(prior, val) == pytest.approx(3.0, abs=0.1)   # untrained: ~log2(8)
-    result = train_prior(prior, seq, pp, _trainer(pp))
+    result = train_prior(prior, seq, pp, _run())
     assert result.history[-1]["bits_per_token"] < result.history[0]["bits_per_token"]
     # Everything after the first token is determined: the conditional NLL falls close to 0,
     # and the first token costs its entropy, log2(8) = 3 bits.
@@ -86,7 +85,7 @@ def test_residual_levels_are_consecutive_and_learnable():
     assert torch.equal(sequence_to_grid(seq, (2, 2), 2), torch.as_tensor(grids))
     pp = _params(steps=150)
     prior = build_prior(pp, K, 8, levels=2)
-    train_prior(prior, seq.numpy(), pp, _trainer(pp))
+    train_prior(prior, seq.numpy(), pp, _run())
     with torch.no_grad():
         nll = F.cross_entropy(prior(seq).transpose(1, 2), seq, reduction="none").mean(0) / math.log(2)
     assert nll[1::2].max().item() < 0.1, nll          # level-1 codes are determined
@@ -130,11 +129,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
     def run(path, stop_after=None):
         prior = build_prior(pp, K, 8)
-        trainer = _trainer(pp, path)
-        if stop_after is not None:
-            fit = trainer.fit
-            trainer.fit = lambda step_fn, state, on_log=None: fit(step_fn, state, on_log, stop_after=stop_after)
-        return prior, train_prior(prior, seq, pp, trainer)
+        return prior, train_prior(prior, seq, pp, _run(path, stop_after=stop_after))
 
     ref_prior, ref = run(tmp_path / "a.pt")
     _, part = run(tmp_path / "b.pt", stop_after=17)

@@ -95,7 +95,7 @@ def test_a_new_method_is_a_file_a_registry_entry_a_params_section_and_a_test(tmp
     """In a copy of the repository, add a method exactly as the README says, then run the
     contract tests (parametrized over METHODS), the registry checks and the study's method list."""
     repo = tmp_path / "repo"
-    for name in ("pipeline", "stages", "tests"):
+    for name in ("pipeline", "stages", "tests", "tools"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "README.md", "pyproject.toml", "dvc.yaml"):
         shutil.copy(REPO / name, repo / name)

@@ -9,7 +9,10 @@ from pipeline.models.autoencoder import VQAutoencoder
 from pipeline.pretraining import pretrain_autoencoder
 from pipeline.config import PretrainParams
 from pipeline.configbase import build
-from pipeline.training import BatchSource, Trainer, atomic_save
+from pipeline.torchio import atomic_save
+from pipeline.training.batches import BatchSource
+from pipeline.training.loop import Trainer
+from pipeline.training.setup import RunOptions
 
 
 def _images(n=24, size=8, seed=0):
@@ -23,18 +26,9 @@ def _model():
 
 def _run(tmp_path, stop_after=None, fp="a"):
     pp = build(PretrainParams, {"steps": 12, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 4, "log_every": 3})
-    trainer = Trainer("t", total_steps=pp.steps, checkpoint_path=tmp_path / "ck.pt", run_fingerprint=fp,
-                      checkpoint_every=pp.checkpoint_every, log_every=pp.log_every, device="cpu", progress=False)
+    run = RunOptions(tmp_path / "ck.pt", fp, "cpu", progress=False, stop_after=stop_after)
     model = _model()
-    if stop_after is None:
-        return model, pretrain_autoencoder(model, _images(), pp, trainer)
-    trainer_fit = trainer.fit
-
-    def interrupted(step_fn, state, on_log=None):
-        return trainer_fit(step_fn, state, on_log, stop_after=stop_after)
-
-    trainer.fit = interrupted
-    return model, pretrain_autoencoder(model, _images(), pp, trainer)
+    return model, pretrain_autoencoder(model, _images(), pp, run)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -77,9 +71,12 @@ def test_batch_source_is_a_function_of_seed_and_step():
     assert torch.equal(a.batch(7), b.batch(7))
     assert not torch.equal(a.batch(7), a.batch(8))
     host = BatchSource(imgs, 8, seed=3, device=torch.device("cpu"), max_device_bytes=0)  # memmap path
-    assert not isinstance(host.images, torch.Tensor) and torch.equal(host.batch(7), a.batch(7))
+    assert not isinstance(host.data, torch.Tensor) and torch.equal(host.batch(7), a.batch(7))
     x = a.batch(0)
     assert x.shape == (8, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
+    rows = np.arange(50 * 6).reshape(50, 6)                   # token sequences: the same draws, long rows
+    t = BatchSource(rows, 8, seed=3, device=torch.device("cpu"), images=False)
+    assert t.batch(7).dtype == torch.long and torch.equal(t.batch(7), torch.as_tensor(rows)[a.indices(7)])
 
 
 def test_metrics_accumulate_per_key(tmp_path):

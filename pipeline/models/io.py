@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..configbase import build, to_dict
-from ..training import atomic_save, cpu_state_dict
+from ..torchio import atomic_save, cpu_state_dict
 from .autoencoder import VQAutoencoder
 
 

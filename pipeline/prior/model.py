@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..torchio import atomic_save, cpu_state_dict
+
 
 def grid_to_sequence(tokens: torch.Tensor) -> torch.Tensor:
     """(N, h, w) or (N, h, w, L) token grids -> (N, h * w * L) raster-order sequences."""
@@ -153,8 +155,6 @@ def sample_logits(logits: torch.Tensor, top_k: int = 0, generator: torch.Generat
 def save_prior(path: str | Path, prior: TokenPrior | None, meta: dict[str, Any] | None = None) -> None:
     """``{"config": ..., "state_dict": ..., "meta": ...}``, written atomically; ``prior=None``
     records that no prior was trained (config and state_dict None)."""
-    from ..training import atomic_save, cpu_state_dict
-
     state = None if prior is None else cpu_state_dict(prior)
     atomic_save({"config": None if prior is None else dict(prior.config), "state_dict": state,
                  "meta": meta or {}}, path)

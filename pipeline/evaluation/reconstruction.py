@@ -3,31 +3,17 @@ and the generation metrics of the prior.
 
 rFID (clean-fid with the offline InceptionV3), LPIPS (offline AlexNet/VGG), SSIM and PSNR
 (scikit-image), MSE, codebook usage (fraction of codes used on the split), perplexity,
-bits per pixel and distortion per bit (see pipeline/metrics.py for the definitions);
+bits per pixel and distortion per bit (see metrics.py for the definitions);
 gFID of the prior's samples against the validation images and the prior's validation
 bits per token.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from ..models.autoencoder import VQAutoencoder
+from ..models.inference import reconstruct
 from . import metrics
-from .images import input_batches, output_to_images
-from .models.autoencoder import VQAutoencoder
-
-
-@torch.no_grad()
-def reconstruct(model: VQAutoencoder, images: np.ndarray, device, batch_size: int = 64
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(reconstructions uint8 NHWC, token indices (N, h, w[, levels])) for uint8 NHWC images."""
-    model.eval()
-    recons, tokens = [], []
-    for x in input_batches(images, device, batch_size):
-        x_hat, out = model(x)
-        recons.append(output_to_images(x_hat).cpu().numpy())
-        tokens.append(out.indices.cpu().numpy())
-    return np.concatenate(recons), np.concatenate(tokens)
 
 
 def reconstruction_metrics(model: VQAutoencoder, images: np.ndarray, *, device, batch_size: int = 64,
@@ -36,7 +22,7 @@ def reconstruction_metrics(model: VQAutoencoder, images: np.ndarray, *, device, 
     """Metrics dict, reconstructions and tokens for ``images`` (uint8 NHWC).
 
     ``fid_reference``: the FID features of ``images`` when the caller already has them
-    (:func:`pipeline.metrics.fid_features`), so they are not computed twice."""
+    (:func:`pipeline.evaluation.metrics.fid_features`), so they are not computed twice."""
     recon, tokens = reconstruct(model, images, device, batch_size)
     if fid_reference is None:
         fid_reference = metrics.fid_features(images, device=device, batch_size=batch_size)

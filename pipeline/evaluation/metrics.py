@@ -2,7 +2,7 @@
 
 Image inputs are uint8 numpy arrays ``(N, H, W, 3)`` (RGB) unless said otherwise; per-image
 metrics return an ``(N,)`` array, set metrics a float. The networks come from
-:mod:`pipeline.metric_nets` and are loaded offline.
+:mod:`pipeline.evaluation.nets` and are loaded offline.
 
 - :func:`fid` - Fréchet Inception Distance (Heusel et al. 2017) computed as clean-fid does
   in ``mode="clean"`` (Parmar et al. 2022): PIL bicubic resize to 299x299 in float, then the
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from .images import images_to_input
-from .metric_nets import fid_feature_fn, load_lpips
+from ..images import images_to_input
+from .nets import fid_feature_fn, load_lpips
 
 # Smallest image side each LPIPS backbone accepts (smaller images are upsampled to it).
 LPIPS_MIN_SIDE = {"alex": 32, "vgg": 16}

@@ -1,7 +1,6 @@
 """train_prior: tokenize the data with the final tokenizer, train the transformer prior,
 sample new token grids and decode them to images.
 
-- :func:`encode_tokens` - token grids (N, h, w[, L]) of uint8 NHWC images (eval mode).
 - :func:`token_entropy_bits` - the empirical entropy of the token indices, in bits per
   token: what a model that ignores context (a unigram per level) would reach, the
   reference the prior's bits per token should beat.
@@ -10,31 +9,24 @@ sample new token grids and decode them to images.
   the scheduler is part of the checkpointed state, so a resumed run continues its schedule.
 - :func:`nll_bits_per_token` - mean negative log-likelihood over a token set, in bits.
 - :func:`sample_images` - sampled sequences decoded to uint8 images.
+- :func:`run_train_prior` - the train_prior stage's work: tokens, prior, bits, samples.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import input_batches, output_to_images
-from .models.autoencoder import VQAutoencoder
-from .models.prior import TokenPrior, grid_to_sequence, sequence_to_grid
-from .training import Trainer, TrainResult, optimizer_step, to_device_async
-
-
-@torch.no_grad()
-def encode_tokens(model: VQAutoencoder, images: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
-    """Token grids of uint8 NHWC images: (N, h, w) int64, or (N, h, w, L) for residual VQ."""
-    model.eval()
-    out = []
-    for x in input_batches(images, device, batch_size):
-        out.append(model.quantize(model.encode(x).float()).indices.cpu().numpy().astype(np.int64))
-    if not out:
-        raise ValueError("no images to tokenize")
-    return np.concatenate(out)
+from ..images import output_to_images
+from ..models.autoencoder import VQAutoencoder
+from ..training.loop import TrainResult
+from ..training.optim import optimizer_step
+from ..training.setup import RunOptions, setup_training
+from .model import TokenPrior, grid_to_sequence, sequence_to_grid
 
 
 def token_entropy_bits(tokens: np.ndarray, codebook_size: int) -> float:
@@ -82,34 +74,32 @@ def make_optimizer(prior: TokenPrior, pp) -> torch.optim.Optimizer:
                              lr=pp.lr, betas=(0.9, 0.95), fused=fused)
 
 
-def train_prior(prior: TokenPrior, train_seq: np.ndarray | torch.Tensor, pp, trainer: Trainer,
+def train_prior(prior: TokenPrior, train_seq: np.ndarray | torch.Tensor, pp, run: RunOptions = RunOptions(),
                 on_log=None) -> TrainResult:
     """Train ``prior`` on sequences (N, T) for ``pp.steps`` steps; batches are a function of
     (seed, step), so a resumed run sees the batches of an uninterrupted one."""
-    device = trainer.device
-    data = torch.as_tensor(np.asarray(train_seq), dtype=torch.long).to(device)
-    if data.dim() != 2 or data.shape[1] != prior.seq_len:
+    data = np.asarray(train_seq)
+    if data.ndim != 2 or data.shape[1] != prior.seq_len:
         raise ValueError(f"expected sequences (N, {prior.seq_len}), got {tuple(data.shape)}")
-    prior.to(device).train()
-    opt = make_optimizer(prior, pp)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(pp.warmup_steps, pp.steps, pp.min_lr_ratio))
-    n = data.shape[0]
+    t = setup_training("train_prior", pp, prior, data, total_steps=pp.steps, run=run, images=False,
+                       optimizer=lambda params, lp: make_optimizer(prior, lp))
+    prior.train()
+    sched = torch.optim.lr_scheduler.LambdaLR(t.optimizer, WarmupCosine(pp.warmup_steps, pp.steps, pp.min_lr_ratio))
     # compile: the training forward only (sampling runs every prefix length, which would recompile).
     forward = torch.compile(prior) if pp.compile else prior
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(pp.seed * 1_000_003 + step)
-        batch = data[to_device_async(torch.randint(0, n, (pp.batch_size,), generator=g), device)]
+        batch = t.batches.batch(step)
         lr = torch.tensor(sched.get_last_lr()[0])
-        with trainer.autocast():
+        with t.trainer.autocast():
             logits = forward(batch)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.reshape(-1))
-        optimizer_step(loss, opt, pp.grad_clip)
+        optimizer_step(loss, t.optimizer, pp.grad_clip)
         sched.step()
         return {"loss": loss, "bits_per_token": loss / math.log(2), "lr": lr}
 
     torch.manual_seed(pp.seed)   # dropout draws (a resumed run restores the checkpoint's RNG state)
-    result = trainer.fit(step_fn, {"prior": prior, "optimizer": opt, "scheduler": sched}, on_log=on_log)
+    result = t.fit(step_fn, {"prior": prior, "scheduler": sched}, on_log=on_log)
     prior.eval()
     return result
 
@@ -156,3 +146,87 @@ def sample_images(prior: TokenPrior, tokenizer: VQAutoencoder, n: int, grid: tup
 def sequences(tokens: np.ndarray) -> np.ndarray:
     """Token grids (N, h, w[, L]) as raster-order sequences (N, T)."""
     return grid_to_sequence(torch.as_tensor(np.asarray(tokens))).numpy()
+
+
+SAMPLE_GRID_COLUMNS = 8
+
+
+def token_dtype(codebook_size: int):
+    """The storage dtype of token indices: int16 while every code fits, else int32."""
+    return np.int16 if codebook_size <= np.iinfo(np.int16).max else np.int32
+
+
+@dataclass
+class PriorRun:
+    tokens: dict[str, np.ndarray]      # "train", "val": token grids in their storage dtype
+    tokens_meta: dict
+    prior: TokenPrior | None           # None: train_prior.steps is 0
+    prior_meta: dict
+    sample_tokens: np.ndarray          # (num_samples, h, w[, L]); empty without a prior
+    samples: np.ndarray                # decoded, uint8 (num_samples, H, W, 3)
+    samples_grid: bytes | None         # PNG of the first samples (up to 4 rows of 8)
+    result: TrainResult | None
+    summary: dict
+
+    @property
+    def history(self) -> list:
+        return self.result.history if self.result is not None else []
+
+
+def run_train_prior(p, prepared, tokenizer_path, checkpoint=None, on_log=None) -> PriorRun:
+    """The train_prior stage: both splits tokenized by the tokenizer, the prior of
+    ``p.train_prior`` trained on the training tokens (a checkpoint resumes only a run of the same
+    params and tokens), its bits per token on both splits, and ``num_samples`` sampled token grids
+    decoded to images. With ``train_prior.steps: 0`` no prior is trained (tokens are still made
+    and their entropy reported)."""
+    import hashlib
+
+    from ..configbase import to_dict
+    from ..data import load_manifest, load_split
+    from ..evaluation import plots
+    from ..models.inference import encode_tokens
+    from ..models.io import load_autoencoder
+    from ..training.checkpoint import fingerprint
+    from ..training.device import pick_device
+
+    pp = p.train_prior
+    device = pick_device()
+    tokenizer, _ = load_autoencoder(tokenizer_path, device)
+    k = tokenizer.quantizer.codebook_size
+    grids = {split: encode_tokens(tokenizer, load_split(prepared, split), device) for split in ("train", "val")}
+    levels = grids["train"].shape[3] if grids["train"].ndim == 4 else 1
+    grid = tuple(grids["train"].shape[1:3])
+    meta = {"codebook_size": k, "levels": levels, "grid": list(grid), "counts": {s: len(t) for s, t in grids.items()},
+            "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
+            "layout": "train.npy/val.npy: (N, h, w) or (N, h, w, levels) code indices"}
+    summary = {"token_entropy_bits": token_entropy_bits(grids["train"], k),
+               "val_token_entropy_bits": token_entropy_bits(grids["val"], k),
+               "uniform_bits_per_token": float(np.log2(k)), "seq_len": grid[0] * grid[1] * levels}
+    image_size = load_manifest(prepared)["image_size"]
+    samples = np.zeros((0, image_size, image_size, 3), np.uint8)
+    sample_tokens = np.zeros((0, *grids["train"].shape[1:]), np.int64)
+    prior, result, figure = None, None, None
+    if pp.steps == 0:
+        prior_meta = {"skipped": "train_prior.steps is 0"}
+        summary.update(steps=0, val_bits_per_token=None, note="train_prior.steps is 0: no prior trained")
+    else:
+        train_seq, val_seq = sequences(grids["train"]), sequences(grids["val"])
+        prior = build_prior(pp, k, train_seq.shape[1], levels)
+        run = RunOptions(checkpoint, fingerprint(to_dict(pp), meta), device)
+        result = train_prior(prior, train_seq, pp, run, on_log=on_log)
+        summary.update(steps=result.steps, train_seconds=result.seconds,
+                       val_bits_per_token=nll_bits_per_token(prior, val_seq),
+                       train_bits_per_token=nll_bits_per_token(prior, train_seq),
+                       num_params=sum(p.numel() for p in prior.parameters()))
+        if pp.num_samples:
+            sample_tokens, samples = sample_images(prior, tokenizer, pp.num_samples, grid,
+                                                   temperature=pp.temperature, top_k=pp.top_k, seed=pp.seed,
+                                                   batch_size=max(pp.batch_size, 64))
+            c = SAMPLE_GRID_COLUMNS
+            figure = plots.image_grid([samples[i:i + c] for i in range(0, min(len(samples), 4 * c), c)])
+        prior_meta = {"steps": result.steps, "final": result.final, "val_bits_per_token": summary["val_bits_per_token"],
+                      "grid": list(grid), "tokenizer_sha256": meta["tokenizer_sha256"]}
+    summary["num_samples"] = len(samples)
+    dtype = token_dtype(k)
+    return PriorRun({s: t.astype(dtype) for s, t in grids.items()}, meta, prior, prior_meta,
+                    sample_tokens.astype(dtype), samples, figure, result, summary)

@@ -30,10 +30,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..models.autoencoder import VQAutoencoder
+from ..training.device import compile_autoencoder
+from ..training.loop import TrainResult
+from ..training.optim import make_adam, optimizer_step
+from ..training.setup import RunOptions, Training, setup_training
+from .discriminator import PatchDiscriminator
 from .losses import adaptive_weight, discriminator_loss, generator_loss, reconstruction_loss
-from .models.autoencoder import VQAutoencoder
-from .models.discriminator import PatchDiscriminator
-from .training import BatchSource, Trainer, TrainResult, compile_autoencoder, make_adam, optimizer_step
 
 GAN_BETAS = (0.5, 0.9)
 
@@ -53,8 +56,8 @@ def perceptual_loss_fn(net: str, device: torch.device):
     Images smaller than the backbone accepts are upsampled first, as the LPIPS metric does."""
     import torch.nn.functional as F
 
-    from .metric_nets import load_lpips
-    from .metrics import LPIPS_MIN_SIDE
+    from ..evaluation.metrics import LPIPS_MIN_SIDE
+    from ..evaluation.nets import load_lpips
 
     lpips_model = load_lpips(net, device)
     min_side = LPIPS_MIN_SIDE[net]
@@ -86,8 +89,8 @@ def set_trainable(model: VQAutoencoder, train: str) -> None:
     model.decoder.train()
 
 
-def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, opt_g, opt_d, source: BatchSource, rp,
-                     trainer: Trainer, perceptual=None, progress: tuple[int, float] = (0, 0.0)):
+def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, t: Training, opt_d, rp, perceptual=None,
+                     progress: tuple[int, float] = (0, 0.0)):
     """The refine_gan step: ``step_fn(step) -> metrics`` (0-dim device tensors, no host sync).
 
     ``perceptual(x_hat, x)``: the LPIPS term (None when perceptual_weight is 0).
@@ -96,11 +99,12 @@ def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, opt_g, opt_
     quantizer = model.quantizer
     train_all = rp.train == "decoder_encoder_codebook"
     last_layer = model.decoder.last_layer
-    gen_params = [p for g in opt_g.param_groups for p in g["params"]]
+    gen_params = [p for g in t.optimizer.param_groups for p in g["params"]]
     disc_params = list(disc.parameters())
+    trainer = t.trainer
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        x = source.batch(step)
+        x = t.batches.batch(step)
         if train_all:
             quantizer.set_progress(progress[0] + step, progress[1])
             with trainer.autocast():
@@ -139,7 +143,7 @@ def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, opt_g, opt_
             disc.requires_grad_(True)
             metrics["g_loss"] = g_loss
             metrics["adaptive_weight"] = weight
-        optimizer_step(loss, opt_g, rp.grad_clip, gen_params)
+        optimizer_step(loss, t.optimizer, rp.grad_clip, gen_params)
         metrics["loss"] = loss
 
         # Discriminator: real against the (detached) reconstructions.
@@ -154,7 +158,7 @@ def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, opt_g, opt_
     return step_fn
 
 
-def refine_gan(model: VQAutoencoder, train_images: np.ndarray, rp, trainer: Trainer, *,
+def refine_gan(model: VQAutoencoder, train_images: np.ndarray, rp, run: RunOptions = RunOptions(), *,
                progress: tuple[int, float] = (0, 0.0), on_log=None,
                disc: PatchDiscriminator | None = None) -> TrainResult:
     """Adversarially refine ``model`` (train_vq's tokenizer) in place for ``rp.steps`` steps.
@@ -164,22 +168,17 @@ def refine_gan(model: VQAutoencoder, train_images: np.ndarray, rp, trainer: Trai
     """
     if model.quantizer is None:
         raise ValueError("refine_gan refines a VQ tokenizer: the model needs a quantizer")
-    device = trainer.device
-    model.to(device)
-    if device.type == "cuda":
-        model.encoder.to(memory_format=torch.channels_last)
-        model.decoder.to(memory_format=torch.channels_last)
     set_trainable(model, rp.train)
-    disc = (disc if disc is not None else build_discriminator(rp, seed=rp.seed)).to(device).train()
-    opt_g = make_adam(generator_parameters(model, rp.train), rp, betas=GAN_BETAS)
+    t = setup_training("refine_gan", rp, model, train_images, total_steps=rp.steps, run=run,
+                       parameters=generator_parameters(model, rp.train),
+                       optimizer=lambda params, lp: make_adam(params, lp, betas=GAN_BETAS))
+    disc = (disc if disc is not None else build_discriminator(rp, seed=rp.seed)).to(t.device).train()
     opt_d = make_adam(disc.parameters(), rp, lr=rp.disc_lr or rp.lr, betas=GAN_BETAS)
-    source = BatchSource(train_images, rp.batch_size, rp.seed, device)
     compile_autoencoder(model, rp.compile)
-    perceptual = perceptual_loss_fn(rp.perceptual_net, device) if rp.perceptual_weight > 0 else None
-    step_fn = make_refine_step(model, disc, opt_g, opt_d, source, rp, trainer, perceptual, progress)
+    perceptual = perceptual_loss_fn(rp.perceptual_net, t.device) if rp.perceptual_weight > 0 else None
+    step_fn = make_refine_step(model, disc, t, opt_d, rp, perceptual, progress)
     torch.manual_seed(rp.seed)   # the quantizer's noise when it trains (a resume restores the RNG state)
-    result = trainer.fit(step_fn, {"model": model, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d},
-                         on_log=on_log)
+    result = t.fit(step_fn, {"model": model, "discriminator": disc, "opt_d": opt_d}, on_log=on_log)
     model.requires_grad_(True)
     model.eval()
     return result

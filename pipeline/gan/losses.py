@@ -14,7 +14,7 @@
   delta = 1e-4, G_L the decoder's last layer; clamped to [0, 1e4], detached, then scaled
   by ``disc_weight`` (taming-transformers' ``calculate_adaptive_weight``).
 
-The perceptual (LPIPS) term comes from :func:`pipeline.metric_nets.load_lpips`, imported
+The perceptual (LPIPS) term comes from :func:`pipeline.evaluation.nets.load_lpips`, imported
 lazily by the training recipe: this module needs torch alone.
 """
 from __future__ import annotations

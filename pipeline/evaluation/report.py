@@ -1,0 +1,67 @@
+"""The evaluate stage's work: the tokenizer's validation metrics, the prior's generation
+metrics, and the figures of the report."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import load_split
+from ..models.io import load_autoencoder
+from ..training.device import pick_device
+from . import plots
+from .metrics import fid_features
+from .reconstruction import generation_metrics, reconstruction_metrics
+
+# The curves the loss figure shows per stage (default: the "loss" column).
+LOSS_KEYS = {"refine_gan": ("nll_loss", "d_loss"), "train_prior": ("loss",)}
+SAMPLE_GRID_COLUMNS = 8
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    reconstructions_png: bytes
+    usage_png: bytes
+    usage_csv: str          # codes ranked by validation count: rank,count
+    samples_png: bytes
+    loss_curves_png: bytes
+
+
+def run_evaluate(p, prepared: Path, tokenizer: Path, samples: Path, prior_report: Path,
+                 curves: dict[str, Path]) -> Evaluation:
+    """Metrics of ``tokenizer`` on the validation split (the first ``evaluate.max_images``; 0:
+    all) and of the prior's decoded ``samples`` against it; ``curves``: stage -> its loss CSV."""
+    ep = p.evaluate
+    device = pick_device()
+    model, blob = load_autoencoder(tokenizer, device)
+    report = json.loads(Path(prior_report).read_text())
+    sample_images = np.load(samples, allow_pickle=False)
+    val = load_split(prepared, "val")
+    val = np.ascontiguousarray(val[:ep.max_images] if ep.max_images else val)
+    reference = fid_features(val, device=device, batch_size=ep.batch_size)   # shared by rFID and gFID
+    results, recon, tokens = reconstruction_metrics(model, val, device=device, batch_size=ep.batch_size,
+                                                    lpips_net=ep.lpips_net, fid_reference=reference)
+    results["method"] = blob["quantizer"]["method"]
+    results["codebook_size"] = model.quantizer.codebook_size
+    results.update(generation_metrics(sample_images, reference, report, device=device, batch_size=ep.batch_size,
+                                      max_samples=ep.gfid_samples))
+    n = min(ep.grid_images, len(val))
+    counts = np.bincount(tokens.reshape(-1), minlength=model.quantizer.codebook_size)
+    if results["gfid"] is not None:
+        c = SAMPLE_GRID_COLUMNS
+        shown = sample_images[:min(len(sample_images), 2 * c)]
+        rows = [shown[i:i + c] for i in range(0, len(shown), c)]
+        samples_png = plots.image_grid(rows, [f"prior samples (gFID {results['gfid']:.1f})"] + [""] * (len(rows) - 1))
+    else:
+        samples_png = plots.message(f"no prior samples: {results['prior_note']}")
+    histories = {s: h for s, f in curves.items() if Path(f).exists() and (h := plots.read_history_csv(f))}
+    return Evaluation(
+        metrics=results,
+        reconstructions_png=plots.image_grid([val[:n], recon[:n]], ["validation", "reconstruction"]),
+        usage_png=plots.usage_histogram(counts),
+        usage_csv="rank,count\n" + "".join(f"{i},{c}\n" for i, c in enumerate(np.sort(counts)[::-1])),
+        samples_png=samples_png,
+        loss_curves_png=plots.loss_curves(histories, LOSS_KEYS))

@@ -1,0 +1,131 @@
+"""The training loop: a stage's ``step_fn(step) -> {name: 0-dim tensor}`` run for
+``total_steps`` steps, with everything around it.
+
+- metrics are accumulated on the device and read once per ``log_every`` steps (no host sync
+  inside the hot loop), shown on a progress bar with the live loss and passed to ``on_log``;
+- every ``checkpoint_every`` steps a checkpoint (checkpoint.py) holds every stateful object;
+- a rerun with the same fingerprint resumes from the checkpoint and ends exactly where an
+  uninterrupted run would have (batches are a function of (seed, step): batches.py); a
+  finished run removes its checkpoint.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .device import amp_dtype, pick_device
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    steps: int
+    resumed_from: int
+    seconds: float
+    final: dict[str, float] = field(default_factory=dict)
+
+
+class Progress:
+    """tqdm when available, else a line every few seconds (the core must not need tqdm)."""
+
+    def __init__(self, name: str, total: int, initial: int, enabled: bool):
+        self.bar = None
+        self.enabled = enabled
+        self.name, self.total, self.last = name, total, 0.0
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, desc=name, mininterval=1.0, file=sys.stderr,
+                                dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, step: int, metrics: Mapping[str, float] | None) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.n = step
+            if metrics:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:4]}, refresh=False)
+            self.bar.refresh()
+        elif metrics and (time.monotonic() - self.last > 5 or step == self.total):
+            self.last = time.monotonic()
+            body = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            print(f"[{self.name}] {step}/{self.total} {body}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    def __init__(self, name: str, *, total_steps: int, checkpoint_path: str | Path | None,
+                 run_fingerprint: str = "", checkpoint_every: int = 200, log_every: int = 10,
+                 precision: str = "auto", device: torch.device | str | None = None, progress: bool = True):
+        self.name = name
+        self.total_steps = total_steps
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.run_fingerprint = run_fingerprint
+        self.checkpoint_every = checkpoint_every
+        self.log_every = log_every
+        self.device = device if isinstance(device, torch.device) else pick_device(device)
+        self.amp_dtype = amp_dtype(precision, self.device)
+        self.progress = progress
+
+    def autocast(self):
+        """Context for encoder/decoder compute; quantizers switch it off for themselves."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def fit(self, step_fn: Callable[[int], Mapping[str, torch.Tensor]], state: Mapping[str, Any],
+            on_log: Callable[[int, dict[str, float]], None] | None = None,
+            stop_after: int | None = None) -> TrainResult:
+        """Run steps [resumed step, total_steps). ``state``: objects with state_dict/load_state_dict.
+
+        ``stop_after`` ends the run early after that many steps (simulates an interruption).
+        """
+        start, history, pending = load_checkpoint(self.checkpoint_path, self.run_fingerprint, state, self.device,
+                                                  self.name)
+        t0 = time.monotonic()
+        bar = Progress(self.name, self.total_steps, start, self.progress)
+        # Per-key sums stay on the device; a key absent from some steps is averaged over
+        # the steps that reported it (e.g. codes replaced, reported once per round).
+        sums = {k: torch.tensor(v, device=self.device) for k, v in pending.get("sums", {}).items()}
+        counts: dict[str, int] = dict(pending.get("counts", {}))
+        step = start
+        try:
+            for step in range(start + 1, self.total_steps + 1):
+                metrics = step_fn(step - 1)
+                for k, v in metrics.items():
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                    counts[k] = counts.get(k, 0) + 1
+                if step % self.log_every == 0 or step == self.total_steps:
+                    means = {k: v.item() / counts[k] for k, v in sums.items()}  # the one sync per interval
+                    sums, counts = {}, {}
+                    history.append({"step": step, **means})
+                    if on_log is not None:
+                        on_log(step, means)
+                    bar.update(step, means)
+                interrupt = stop_after is not None and step - start >= stop_after
+                if self.checkpoint_path is not None and (
+                        (step % self.checkpoint_every == 0 and step < self.total_steps) or interrupt):
+                    save_checkpoint(self.checkpoint_path, self.run_fingerprint, step, history,
+                                    {"sums": {k: v.item() for k, v in sums.items()}, "counts": counts},
+                                    state, self.device)
+                if interrupt:
+                    break
+        finally:
+            bar.close()
+        if step >= self.total_steps and self.checkpoint_path is not None:
+            self.checkpoint_path.unlink(missing_ok=True)
+        final = dict(history[-1]) if history else {}
+        final.pop("step", None)
+        return TrainResult(history, step, start, time.monotonic() - t0, final)
