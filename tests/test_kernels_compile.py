@@ -102,3 +102,11 @@ def test_sweep_resources_tool_compiles_the_sweeps_configs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["config"] for r in rows[::2]] == ns_sweep(8)
     assert all(r["fits"] and r["regs"] > 0 and r["stack"] <= MAX_STACK_BYTES for r in rows), rows
+
+
+def test_fma_tile_experiment_runs():
+    """tools/fma_tile_experiment.py (why the FMA path stays unrolled, tiles.py) still compiles both forms."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "fma_tile_experiment.py")], cwd=ROOT, env=clean_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "named scalars" in proc.stdout and "BLOCK_D tile" in proc.stdout, proc.stdout

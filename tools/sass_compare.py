@@ -8,7 +8,8 @@ in this working tree with a commit's, on a machine without a GPU.
 
 Each kernel of tools/sm90.py's kernel_cases(), as the working tree launches it at its
 default configs, is compiled in both trees (the commit's as a temporary git worktree), disassembled
-without addresses and encodings, and compared. A kernel whose SASS is identical runs exactly
+without addresses and encodings, and compared; the longest loop's length per iteration (the hot
+loop's issue count) is shown for both. A kernel whose SASS is identical runs exactly
 as it did, so its measured GPU times still hold; "registers renamed" (the same instructions
 in the same order with other register numbers) does the same work. Host-side code around the
 kernels is not covered. A kernel the commit lacks, or that takes other arguments there, is
@@ -76,8 +77,9 @@ def dump(root: str) -> dict:
             cubin = sm90.compile_sm90(fn, s["signature"], s["constexprs"], s["num_warps"], s["num_stages"])
             sass = sm90.sass_instructions(cubin)
             renamed = [re.sub(r"\b(U?R|U?P)\d+\b", r"\1", ins) for ins in sass]    # register numbers out
+            loops = sm90.loop_bodies(cubin) if hasattr(sm90, "loop_bodies") else []
             out[s["label"]] = {"instructions": len(sass), "sha1": _sha1(sass), "sha1_no_regs": _sha1(renamed),
-                               **sm90.resource_usage(cubin)}
+                               "loop": max((len(b) for b in loops), default=0), **sm90.resource_usage(cubin)}
         except Exception as e:      # absent at that commit, or other arguments: not comparable
             out[s["label"]] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
     import triton
@@ -121,14 +123,17 @@ def main() -> None:
     for s in spec:
         h, t = here["kernels"][s["label"]], there["kernels"][s["label"]]
         rows.append(dict(kernel=s["label"], instructions=h.get("instructions"), instructions_at_rev=t.get("instructions"),
+                         loop=h.get("loop"), loop_at_rev=t.get("loop"),
                          sass=verdict(h, t), note=t.get("error") or h.get("error") or "",
                          **{key: h.get(key) for key in ("regs", "stack", "shared")}))     # the working tree's
     print(f"working tree vs {a.rev} ({commit[:10]}), Triton {here['triton']}, sm_90, default launch configs")
-    print(f"{'kernel':42s} {'regs':>4s} {'stack':>5s} {'shared':>6s} {'instr':>6s} {'at rev':>6s}  SASS")
+    print(f"{'kernel':42s} {'regs':>4s} {'stack':>5s} {'shared':>6s} {'instr':>6s} {'at rev':>6s} "
+          f"{'loop':>5s} {'at rev':>6s}  SASS")
     for r in rows:
         print(f"{r['kernel']:42s} {r['regs'] or '-':>4} {r['stack'] if r['stack'] is not None else '-':>5} "
               f"{r['shared'] if r['shared'] is not None else '-':>6} "
-              f"{r['instructions'] or '-':>6} {r['instructions_at_rev'] or '-':>6}  {r['sass']}"
+              f"{r['instructions'] or '-':>6} {r['instructions_at_rev'] or '-':>6} "
+              f"{r['loop'] or '-':>5} {r['loop_at_rev'] or '-':>6}  {r['sass']}"
               + (f"  ({r['note']})" if r["note"] else ""))
     if a.json:
         Path(a.json).write_text(json.dumps(dict(rev=a.rev, commit=commit, triton=here["triton"], target="sm_90",

@@ -86,6 +86,26 @@ def sass_instructions(cubin: Cubin) -> list[str]:
     return out
 
 
+def loop_bodies(cubin: Cubin, min_len: int = 10) -> list[list[str]]:
+    """The SASS of each loop (a backward branch and the instructions from its target to it) of at
+    least ``min_len`` instructions, in order: the hot loops, whose length per iteration is what a
+    kernel's time at these sizes follows."""
+    lines = []
+    for line in _cuobjdump(cubin, "-sass").splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s*(.*?)\s*;", line)
+        if m:
+            lines.append((int(m.group(1), 16), m.group(2)))
+    where = {a: i for i, (a, _) in enumerate(lines)}
+    loops = []
+    for i, (a, ins) in enumerate(lines):
+        m = re.search(r"BRA\s+.*?0x([0-9a-f]+)", ins)
+        if m and int(m.group(1), 16) <= a and int(m.group(1), 16) in where:
+            body = [x for _, x in lines[where[int(m.group(1), 16)]:i + 1]]
+            if len(body) >= min_len:
+                loops.append(body)
+    return loops
+
+
 _F32, _I32, _I64 = "*fp32", "*i32", "*i64"
 _SEARCH_SIG = dict(z_ptr=_F32, p_ptr=_F32, cb_ptr=_F32, idx_ptr=_I64, dist_ptr=_F32, pval_ptr=_F32, pidx_ptr=_I32,
                    N="i32", T="i32", T_SPLIT="i32")

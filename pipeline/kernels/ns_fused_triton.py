@@ -36,25 +36,9 @@ import triton.language as tl
 
 from .launch import Launch, device_guard, dot_block_d, next_pow2
 from .ns_loss_triton import NSShape, empty_stats, ns_codes_pass, prepare_ns
-from .tiles import dot_scores, exact_dist, exact_dist_cols, finish_argmin, load_code_tile, load_row_block, tile_scores
+from .tiles import dot_scores, exact_dist, exact_dist_cols, finish_argmin, fold_tile, load_row_block, sweep_code_tiles
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)   # a jit global must be a constexpr (compiled, not interpreted)
-
-
-@triton.jit
-def _online_update(best, bt, l, sc, t, a, nzsq, CLAMP: tl.constexpr):
-    """Fold one tile of scores ``sc`` (BLOCK_N, BLOCK_K) into the per-slot state (see the module
-    docstring). CLAMP: the exponent uses max(score, -||z||^2) (distance >= 0)."""
-    if CLAMP:
-        diff = tl.maximum(sc, nzsq[:, None]) - tl.maximum(best, nzsq[:, None])
-    else:
-        diff = sc - best
-    e = tl.exp2(-tl.abs(diff) * a)
-    upd = sc < best
-    l = tl.where(upd, l * e + 1.0, l + e)
-    best = tl.where(upd, sc, best)
-    bt = tl.where(upd, t, bt)
-    return best, bt, l
 
 
 @triton.jit
@@ -74,31 +58,17 @@ def _finish_rows(best, bt, l, a, log2_lamk, nzsq, offs_k, BLOCK_K: tl.constexpr,
 @triton.jit
 def _ns_fused_rows_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, crow_ptr, N, T, a, log2_lamk,
                           D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """FMA path (D <= 16): one program per BLOCK_N rows over all code tiles, two register
-    buffers (T is even: pack_codebook pads with +inf codes, which never update a slot)."""
+    """FMA path (D <= 16): one program per BLOCK_N rows over all code tiles (tiles.sweep_code_tiles;
+    T is even: pack_codebook pads with +inf codes, which never update a slot)."""
     (rows, rmask, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
      zsq) = load_row_block(z_ptr, N, D, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    TILE: tl.constexpr = (D + 1) * BLOCK_K
     best = tl.full([BLOCK_N, BLOCK_K], FLT_MAX, tl.float32)
     bt = tl.zeros([BLOCK_N, BLOCK_K], tl.int32)
     l = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-     an) = load_code_tile(p_ptr + offs_k, D, BLOCK_K)
-    for t in range(0, T, 2):
-        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15,
-         bn) = load_code_tile(p_ptr + (t + 1) * TILE + offs_k, D, BLOCK_K)
-        sc = tile_scores(tl.broadcast_to(an[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5,
-                         z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-                         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, D)
-        best, bt, l = _online_update(best, bt, l, sc, t, a, zsq, False)
-        ta = tl.minimum(t + 2, T - 1)
-        (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-         an) = load_code_tile(p_ptr + ta * TILE + offs_k, D, BLOCK_K)
-        sc = tile_scores(tl.broadcast_to(bn[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5,
-                         z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-                         b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, D)
-        best, bt, l = _online_update(best, bt, l, sc, t + 1, a, zsq, False)
+    best, bt, l = sweep_code_tiles(p_ptr, 0, T - 1, best, bt, l, a, zsq,
+                                   z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+                                   D, BLOCK_N, BLOCK_K, True, True)
     idx, crow = _finish_rows(best, bt, l, a, log2_lamk, -zsq, offs_k, BLOCK_K, False)
     idx64 = idx.to(tl.int64)
     dist = exact_dist_cols(z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
@@ -137,7 +107,7 @@ def _ns_fused_rows_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, zsq_ptr, 
     for t in range(0, T):
         sc = dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N,
                         BLOCK_K, True, PRECISION)
-        best, bt, l = _online_update(best, bt, l, sc, t, a, nzsq, True)
+        best, bt, l = fold_tile(best, bt, l, sc, t, a, nzsq, True, True)
     idx, crow = _finish_rows(best, bt, l, a, log2_lamk, nzsq, offs_k, BLOCK_K, True)
     idx64 = idx.to(tl.int64)
     dist = exact_dist(z_ptr, cb_ptr, rows64, rmask, idx64, D, BLOCK_N, BLOCK_DD)

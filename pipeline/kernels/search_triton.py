@@ -47,21 +47,8 @@ import triton.language as tl
 
 from .launch import (FMA_MAX_D, TRITON_DEFAULT_STAGES, Launch, code_tiles, device_guard, dot_block_d,
                      interpret_mode, merged_config, next_pow2, num_sms, padded_dim)
-from .tiles import dot_scores, exact_dist, exact_dist_cols, finish_argmin, load_code_tile, load_z_cols, pack_codebook, \
-    tile_scores
-
-
-@triton.jit
-def _argmin_update(best, bt, t, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-                   c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, cn,
-                   D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    acc = tl.broadcast_to(cn[None, :], [BLOCK_N, BLOCK_K])
-    acc = tile_scores(acc, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
-                      c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, D)
-    upd = acc < best
-    best = tl.where(upd, acc, best)
-    bt = tl.where(upd, t, bt)
-    return best, bt
+from .tiles import (dot_scores, exact_dist, exact_dist_cols, finish_argmin, fold_tile, load_z_cols, pack_codebook,
+                    sweep_code_tiles)
 
 
 @triton.jit
@@ -69,9 +56,8 @@ def _search_fma_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, pval_ptr, pidx_p
                        N, T, T_SPLIT,
                        D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        SPLIT: tl.constexpr):
-    """FMA path (D <= 16). p_ptr: packed code tiles (T, D + 1, BLOCK_K). The loop is unrolled
-    twice with two register buffers: the next tile is loaded while the current one is used.
-    An odd tail re-processes the last tile (a no-op: strict < never fires on equal scores)."""
+    """FMA path (D <= 16). p_ptr: packed code tiles (T, D + 1, BLOCK_K); this program's split
+    of them is swept by tiles.sweep_code_tiles."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -81,28 +67,13 @@ def _search_fma_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, pval_ptr, pidx_p
      rows64, rmask, D, BLOCK_N)
 
     offs_k = tl.arange(0, BLOCK_K)
-    TILE: tl.constexpr = (D + 1) * BLOCK_K
     best = tl.full([BLOCK_N, BLOCK_K], float("inf"), tl.float32)
     bt = tl.zeros([BLOCK_N, BLOCK_K], tl.int32)
     t_lo = pid_s * T_SPLIT
     t_last = tl.minimum(t_lo + T_SPLIT, T) - 1
-    (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-     an) = load_code_tile(p_ptr + t_lo * TILE + offs_k, D, BLOCK_K)
-    for t in range(t_lo, t_last + 1, 2):
-        tb = tl.minimum(t + 1, t_last)
-        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15,
-         bn) = load_code_tile(p_ptr + tb * TILE + offs_k, D, BLOCK_K)
-        best, bt = _argmin_update(best, bt, t, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11,
-                                  z12, z13, z14, z15,
-                                  a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14,
-                                  a15, an, D, BLOCK_N, BLOCK_K)
-        ta = tl.minimum(t + 2, t_last)
-        (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-         an) = load_code_tile(p_ptr + ta * TILE + offs_k, D, BLOCK_K)
-        best, bt = _argmin_update(best, bt, tb, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11,
-                                  z12, z13, z14, z15,
-                                  b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14,
-                                  b15, bn, D, BLOCK_N, BLOCK_K)
+    best, bt, _ = sweep_code_tiles(p_ptr, t_lo, t_last, best, bt, best, 0.0, best,
+                                   z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+                                   D, BLOCK_N, BLOCK_K, False, False)
 
     m, idx = finish_argmin(best, bt, offs_k, BLOCK_K)
     if SPLIT:
@@ -143,9 +114,7 @@ def _search_dot_kernel(z_ptr, p_ptr, cb_ptr, idx_ptr, dist_ptr, pval_ptr, pidx_p
     for t in range(t_lo, t_hi):
         acc = dot_scores(z_ptr, rows64, rmask, zt, p_ptr + t * TILE, D, DP, BLOCK_D, BLOCK_N, BLOCK_K, True,
                          PRECISION)
-        upd = acc < best
-        best = tl.where(upd, acc, best)
-        bt = tl.where(upd, t, bt)
+        best, bt, _ = fold_tile(best, bt, best, acc, t, 0.0, best, False, False)
 
     m, idx = finish_argmin(best, bt, offs_k, BLOCK_K)
     if SPLIT:

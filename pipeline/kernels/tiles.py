@@ -11,7 +11,12 @@ consume tiles in pairs).
 
 FMA path (D <= 16). Triton has no lists of tensors, so the D columns are hand-unrolled into
 variables z0..z15 / c0..c15 behind compile-time ``if d < D`` guards (unused ones are dead code
-and cost nothing). XXX-BLOCKD: result of the BLOCK_D experiment goes here.
+and cost nothing). Why not one (BLOCK_N, BLOCK_D) tile for a BLOCK_D constexpr instead: compiled
+for sm_90 (Triton 3.8.0, ``python tools/fma_tile_experiment.py``), the search written that way
+has a longer hot loop, 412 instructions per two code tiles against 391 at D = 8 and 226 against
+209 at D = 16 (the same FFMAs, plus shared-memory loads, stores and two barriers per iteration:
+Triton stages the broadcast code tile through shared memory). The double-buffered loop itself is
+written once, ``sweep_code_tiles``, for the search and NSVQ's row pass.
 
 tl.dot path (D > 16): ``dot_scores`` computes a (BLOCK_N, BLOCK_K) score tile with
 ``tl.dot(z_chunk, code_tile, input_precision=...)``, D in chunks of BLOCK_D.
@@ -155,6 +160,62 @@ def tile_scores(acc, z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13,
     acc = _fma_step(acc, z14, c14, D, 14)
     acc = _fma_step(acc, z15, c15, D, 15)
     return acc
+
+
+@triton.jit
+def fold_tile(best, bt, l, sc, t, a, nzsq, ONLINE: tl.constexpr, CLAMP: tl.constexpr):
+    """Fold one tile ``t`` of scores ``sc`` (BLOCK_N, BLOCK_K) into the per-(row, slot) state: the
+    running minimum ``best`` and the tile it came from ``bt`` (strict <: the earliest tile keeps an
+    exact tie), and with ONLINE also ``l = sum exp2(-(s - best) a)`` over the slot's codes so far,
+    updated like an online softmax with one exp2 (ns_fused_triton.py). CLAMP: the exponent uses
+    max(score, -||z||^2), i.e. distances >= 0. Without ONLINE, ``l`` passes through untouched."""
+    upd = sc < best
+    if ONLINE:
+        if CLAMP:
+            diff = tl.maximum(sc, nzsq[:, None]) - tl.maximum(best, nzsq[:, None])
+        else:
+            diff = sc - best
+        e = tl.exp2(-tl.abs(diff) * a)
+        l = tl.where(upd, l * e + 1.0, l + e)
+    best = tl.where(upd, sc, best)
+    bt = tl.where(upd, t, bt)
+    return best, bt, l
+
+
+@triton.jit
+def sweep_code_tiles(p_ptr, t_lo, t_last, best, bt, l, a, nzsq,
+                     z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15,
+                     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ONLINE: tl.constexpr,
+                     EVEN: tl.constexpr):
+    """The FMA path's loop over the packed code tiles t_lo..t_last (the search's, and NSVQ's row
+    pass's): per tile, the scores ||c||^2 - 2 z.c of the register-held z columns folded into the
+    slot state (``fold_tile``). Unrolled twice with two register buffers, so the next tile's
+    loads are in flight while the current tile is used. EVEN: the range holds an even number of
+    tiles (the whole packed codebook does); otherwise an odd tail re-processes the last tile, a
+    no-op for the argmin (strict < never fires on equal scores), so ONLINE needs EVEN."""
+    offs_k = tl.arange(0, BLOCK_K)
+    TILE: tl.constexpr = (D + 1) * BLOCK_K
+    (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+     an) = load_code_tile(p_ptr + t_lo * TILE + offs_k, D, BLOCK_K)
+    for t in range(t_lo, t_last + 1, 2):
+        if EVEN:
+            tb = t + 1
+        else:
+            tb = tl.minimum(t + 1, t_last)
+        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15,
+         bn) = load_code_tile(p_ptr + tb * TILE + offs_k, D, BLOCK_K)
+        sc = tile_scores(tl.broadcast_to(an[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5, z6, z7,
+                         z8, z9, z10, z11, z12, z13, z14, z15,
+                         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, D)
+        best, bt, l = fold_tile(best, bt, l, sc, t, a, nzsq, ONLINE, False)
+        ta = tl.minimum(t + 2, t_last)
+        (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+         an) = load_code_tile(p_ptr + ta * TILE + offs_k, D, BLOCK_K)
+        sc = tile_scores(tl.broadcast_to(bn[None, :], [BLOCK_N, BLOCK_K]), z0, z1, z2, z3, z4, z5, z6, z7,
+                         z8, z9, z10, z11, z12, z13, z14, z15,
+                         b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, D)
+        best, bt, l = fold_tile(best, bt, l, sc, tb, a, nzsq, ONLINE, False)
+    return best, bt, l
 
 
 @triton.jit
