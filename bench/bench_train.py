@@ -11,7 +11,7 @@ from torch's FLOP counter on one eager step, plus the quantizer's analytic FLOPs
     python bench/bench_train.py [--methods nsvq vq] [--k 65536] [--steps 500] [--no-tf32x3]
 
 Per method three runs from the same init: the eager fp32 step, the optimized step, and the
-optimized step with ``quantizer.kernel_precision: tf32x3`` (search and NS-loss matmuls on the
+optimized step with ``quantizer.search.precision: tf32x3`` (search and NS-loss matmuls on the
 tensor cores as split TF32); each optimized curve is compared with the eager one.
 
 Each row also counts the host syncs per step (torch's sync debug mode, over 10 steps after the

@@ -1,9 +1,8 @@
 """Where the GPU time of one optimized training step goes (torch.profiler), grouped by part.
 
-The training target of issue 5 is missed and the note has to say what bounds it; this
-replaces adding up separately benched parts with one profile of the real step (the one
-bench_train.py times: NS-VQ paper's CelebA VQ-VAE, 128 px, batch 64, bf16 + channels_last +
-torch.compile, fused quantizer kernels). Kernel time is summed per group over the profiled
+What bounds the training throughput (bench/README.md) is read off one profile of the real step
+(the one bench_train.py times: NS-VQ paper's CelebA VQ-VAE, 128 px, batch 64, bf16 +
+channels_last + torch.compile, fused quantizer kernels) instead of separately benched parts. Kernel time is summed per group over the profiled
 steps and divided by their number:
 
     search   _search_* / _merge_kernel (nearest code; NSVQ has none: its search is fused into

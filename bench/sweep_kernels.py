@@ -79,7 +79,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 # nearest-code search
 # ----------------------------------------------------------------------------------------------
 def search_sweep(d: int) -> list[dict]:
-    """Configs worth timing on the GPU (bench/NOTES_kernels.md)."""
+    """Configs worth timing on the GPU (bench/README.md)."""
     if d <= FMA_MAX_D:
         cfgs = []
         for bn, bk, nw in ((64, 32, 4), (64, 32, 8), (32, 32, 4), (128, 32, 8), (32, 32, 2),
@@ -156,7 +156,7 @@ def search_main(argv) -> int:
 # NSVQ's kernels: the row pass (search + log-sum-exp) and the per-code pass
 # ----------------------------------------------------------------------------------------------
 def ns_sweep(d: int) -> list[dict]:
-    """Row-pass (F_*) and per-code-pass (C_*) variants worth timing on the GPU (bench/NOTES_kernels.md).
+    """Row-pass (F_*) and per-code-pass (C_*) variants worth timing on the GPU (bench/README.md).
 
     The per-code variants are those the H100 sweep of the unfused kernels timed (that per-code
     pass is this one); the row-block shapes that sweep chose for its pass 1 are the F_* defaults."""

@@ -3,7 +3,7 @@
 GPU time is lent in short sessions; a script that breaks there wastes one. This runs every
 part of ``bench/run_all.sh`` exactly as a GPU session would (same script, same order), with the
 Triton kernels under TRITON_INTERPRET=1, and checks the JSON each part writes and the summary
-keys issue 5 asks for. The numbers are meaningless and are not checked.
+keys bench/README.md reports. The numbers are meaningless and are not checked.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""No host syncs in the hot loop (issue 5): every stage's training step, for every quantizer
+"""No host syncs in the hot loop: every stage's training step, for every quantizer
 method, runs only ops that leave the host free to queue the next step's work on a GPU.
 
 The check (tools/host_sync.py) records the ATen ops that would make the host wait for the

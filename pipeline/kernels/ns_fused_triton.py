@@ -121,7 +121,7 @@ def fused_block_d(cfg: dict, d: int) -> int:
     """D chunk of the dot path (F_BLOCK_D, 0 = auto). Auto: the whole padded D (<= 64) in one
     tl.dot for tf32x3; 32-wide chunks for "ieee", whose FMA-dot with a 64-wide z tile held in
     registers next to the three slot states spills (sm_90 SASS, 64 x 64 x 8 warps: 3.7 KB of
-    stack per thread, against 16 bytes with 32-wide chunks, see bench/NOTES_kernels.md)."""
+    stack per thread, against 16 bytes with 32-wide chunks, see bench/README.md)."""
     widest = dot_block_d(d)
     bd = int(cfg.get("F_BLOCK_D", 0)) or (widest if cfg["precision"] == "tf32x3" else min(32, widest))
     if bd not in (16, 32, 64) or bd > widest:

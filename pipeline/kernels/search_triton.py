@@ -2,7 +2,7 @@
 
 API: ``nearest_code_triton(z (N, D), codebook (K, D)) -> (idx int64 (N,), dist fp32 (N,))``,
 the contract of ``pipeline.quantizers.search.nearest_code_torch`` (which dispatches here for
-backend="triton"). Numbers, tile choices and the GPU sweep: bench/NOTES_kernels.md.
+backend="triton"). Numbers, tile choices and the GPU sweep: bench/README.md.
 
 Design:
 
@@ -161,7 +161,7 @@ def default_config(n: int, k: int, d: int) -> dict:
     FMA path: with BLOCK_K = 32 Triton's default layout gives each thread one code column and
     BLOCK_N / num_warps rows, so a thread holds (BLOCK_N / num_warps) * D z values; the
     defaults keep that <= 128 registers. They are the design's guesses for H100; sweep with
-    ``python bench/sweep_kernels.py search --sweep`` (see bench/NOTES_kernels.md). The params
+    ``python bench/sweep_kernels.py search --sweep`` (see bench/README.md). The params
     ``quantizer.search.kernel`` override any key but precision (``quantizer.search.precision``).
     """
     use_dot = d > FMA_MAX_D

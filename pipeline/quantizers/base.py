@@ -1,4 +1,4 @@
-"""The quantizer interface every method implements (DESIGN.md, "The quantizer interface").
+"""The quantizer interface every method implements.
 
     out = quantizer(z)          # z: (B, D, H, W) or (N, D)
     out.z_q                     # what the decoder sees

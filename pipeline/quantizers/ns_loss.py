@@ -1,7 +1,7 @@
 """Dense non-stationary (NS) embedding loss of NS-VQ, with a closed-form backward, and the
 nearest-code search it carries.
 
-NS-VQ paper (the "dense" embedding loss, DESIGN.md "NS-VQ"): for latent z_i and every code e_k
+NS-VQ paper (the "dense" embedding loss): for latent z_i and every code e_k
 
     w_ik = 1                                          if k is z_i's nearest code
     w_ik = min(1, lambda * K * softmax_k(-||z_i - e_k||^2 / tau))   otherwise   (detached)

@@ -1,6 +1,6 @@
 """NS-VQ: dense non-stationary embedding loss + modified STE (the NSVQ method's quantizer).
 
-From the NS-VQ paper (DESIGN.md, "NS-VQ"):
+From the NS-VQ paper (the dense non-stationary embedding loss and its modified STE):
 
     w_ik = 1 for the winner, else min(1, lambda K softmax_k(-||z_i - e_k||^2 / tau))   (detached)
     L_emb = (1/N) sum_i sum_k w_ik ||sg(z_i) - e_k||^2 / D                 (ns_loss.py)

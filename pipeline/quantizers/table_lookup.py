@@ -11,7 +11,7 @@ the search):
               dL/dE[idx] += w_cb * c (q - z) + a g_zq   (codebook term; modified STE: a, else 0)
 
 VQ-VAE uses w_cb = 1, a = 0; NS-VQ uses w_cb = 0 (its dense loss replaces the codebook
-term) and a = 2 alpha / numel(z) (DESIGN.md, "Modified STE").
+term) and a = 2 alpha / numel(z) (the NS-VQ paper's modified STE).
 """
 from __future__ import annotations
 
