@@ -118,10 +118,6 @@ class StageRun:
                                                       "bytes": path.stat().st_size}, indent=1),
                              f"{name}_reference.json")
 
-    def set_tags(self, tags: Mapping[str, Any], parent: bool = False) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.parent_id if parent else self.run_id, k, str(v))
-
 
 def experiment_id(client, root: Path) -> str:
     name = os.environ.get("NSVQ_EXPERIMENT", "nsvq-pipeline")

@@ -89,6 +89,49 @@ def set_trainable(model: VQAutoencoder, train: str) -> None:
     model.decoder.train()
 
 
+def generator_forward(model: VQAutoencoder, x: torch.Tensor, t: Training, train_all: bool):
+    """(x_hat fp32, the quantizer's loss or None): the tokenizer's reconstruction of ``x``; with
+    ``train_all`` the encoder and quantizer run with gradients (and the quantizer's loss joins)."""
+    if train_all:
+        with t.trainer.autocast():
+            z = model.encode(x)
+        out = model.quantizer(z)
+        z_q, q_loss = out.z_q, out.loss
+    else:
+        with torch.no_grad():
+            with t.trainer.autocast():
+                z = model.encode(x)
+            z_q, q_loss = model.quantizer(z).z_q, None
+    with t.trainer.autocast():
+        x_hat = model.decode(z_q)
+    return x_hat.float(), q_loss
+
+
+def nll_loss(x_hat: torch.Tensor, x: torch.Tensor, rp, t: Training, perceptual=None):
+    """(rec + perceptual_weight * LPIPS, its terms as metrics)."""
+    rec = reconstruction_loss(x_hat, x, rp.rec_loss)
+    metrics = {"rec_loss": rec}
+    nll = rec
+    if perceptual is not None:
+        with t.trainer.autocast():
+            p_loss = perceptual(x_hat, x).float()
+        nll = rec + rp.perceptual_weight * p_loss
+        metrics["perceptual_loss"] = p_loss
+    metrics["nll_loss"] = nll
+    return nll, metrics
+
+
+def discriminator_step(disc: PatchDiscriminator, opt_d, x: torch.Tensor, x_hat: torch.Tensor, rp, t: Training,
+                       params: list) -> dict[str, torch.Tensor]:
+    """One discriminator update: real images against the (detached) reconstructions."""
+    with t.trainer.autocast():
+        logits_real = disc(x).float()
+        logits_fake = disc(x_hat.detach()).float()
+    d_loss = discriminator_loss(logits_real, logits_fake, rp.gan_loss)
+    optimizer_step(d_loss, opt_d, rp.grad_clip, params)
+    return {"d_loss": d_loss, "logits_real": logits_real.mean(), "logits_fake": logits_fake.mean()}
+
+
 def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, t: Training, opt_d, rp, perceptual=None,
                      progress: tuple[int, float] = (0, 0.0)):
     """The refine_gan step: ``step_fn(step) -> metrics`` (0-dim device tensors, no host sync).
@@ -96,63 +139,34 @@ def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, t: Training
     ``perceptual(x_hat, x)``: the LPIPS term (None when perceptual_weight is 0).
     ``progress``: (step, epoch) where train_vq left the quantizer's schedules.
     """
-    quantizer = model.quantizer
     train_all = rp.train == "decoder_encoder_codebook"
     last_layer = model.decoder.last_layer
     gen_params = [p for g in t.optimizer.param_groups for p in g["params"]]
     disc_params = list(disc.parameters())
-    trainer = t.trainer
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         x = t.batches.batch(step)
         if train_all:
-            quantizer.set_progress(progress[0] + step, progress[1])
-            with trainer.autocast():
-                z = model.encode(x)
-            out = quantizer(z)
-            z_q, q_loss = out.z_q, out.loss
-        else:
-            with torch.no_grad():
-                with trainer.autocast():
-                    z = model.encode(x)
-                z_q, q_loss = quantizer(z).z_q, None
-        with trainer.autocast():
-            x_hat = model.decode(z_q)
-        x_hat = x_hat.float()
-        rec = reconstruction_loss(x_hat, x, rp.rec_loss)
-        metrics = {"rec_loss": rec}
-        nll = rec
-        if perceptual is not None:
-            with trainer.autocast():
-                p_loss = perceptual(x_hat, x).float()
-            nll = rec + rp.perceptual_weight * p_loss
-            metrics["perceptual_loss"] = p_loss
-        metrics["nll_loss"] = nll
-        loss = nll if q_loss is None else nll + q_loss
+            model.quantizer.set_progress(progress[0] + step, progress[1])
+        x_hat, q_loss = generator_forward(model, x, t, train_all)
+        nll, metrics = nll_loss(x_hat, x, rp, t, perceptual)
+        loss = nll
         if q_loss is not None:
+            loss = nll + q_loss
             metrics["vq_loss"] = q_loss
-
         # Generator: the GAN term (with its adaptive weight) once the warm-up is over.
         if step >= rp.disc_start and rp.disc_weight > 0:
             disc.requires_grad_(False)            # D's weights get no gradient from L_G
-            with trainer.autocast():
+            with t.trainer.autocast():
                 g_logits = disc(x_hat)
             g_loss = generator_loss(g_logits.float(), rp.gan_loss)
             weight = adaptive_weight(nll, g_loss, last_layer, rp.disc_weight)
             loss = loss + weight * g_loss
             disc.requires_grad_(True)
-            metrics["g_loss"] = g_loss
-            metrics["adaptive_weight"] = weight
+            metrics.update(g_loss=g_loss, adaptive_weight=weight)
         optimizer_step(loss, t.optimizer, rp.grad_clip, gen_params)
         metrics["loss"] = loss
-
-        # Discriminator: real against the (detached) reconstructions.
-        with trainer.autocast():
-            logits_real = disc(x).float()
-            logits_fake = disc(x_hat.detach()).float()
-        d_loss = discriminator_loss(logits_real, logits_fake, rp.gan_loss)
-        optimizer_step(d_loss, opt_d, rp.grad_clip, disc_params)
-        metrics.update(d_loss=d_loss, logits_real=logits_real.mean(), logits_fake=logits_fake.mean())
+        metrics.update(discriminator_step(disc, opt_d, x, x_hat, rp, t, disc_params))
         return metrics
 
     return step_fn

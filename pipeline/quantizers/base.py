@@ -46,13 +46,10 @@ def straight_through(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return z + (q - z).detach()
 
 
-def modified_straight_through(z: torch.Tensor, q: torch.Tensor, a: float) -> torch.Tensor:
-    """Modified STE of NS-VQ: z_q = z + a q + ((1 - a) q - z).detach().
-
-    Forward value is q; dz_q/dz = I as in the plain STE, and the decoder gradient also
-    reaches the chosen code scaled by a (the paper uses a = 2 alpha / numel(z)).
-    """
-    return z + a * q + ((1.0 - a) * q - z).detach()
+def uniform_table(codebook_size: int, dim: int) -> torch.Tensor:
+    """A (K, D) codebook drawn from U(-1/K, 1/K), as the VQ-VAE and NS-VQ reference code start
+    theirs (k-means init overwrites it)."""
+    return torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size)
 
 
 def code_histogram(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:

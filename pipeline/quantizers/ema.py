@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Quantizer, code_histogram, straight_through
+from .base import Quantizer, code_histogram, straight_through, uniform_table
 
 
 class EMAVQ(Quantizer):
     def __init__(self, codebook_size: int, dim: int, options=None, **kw):
         super().__init__(codebook_size, dim, options, **kw)
-        init = torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size)
+        init = uniform_table(codebook_size, dim)
         self.register_buffer("embedding", init)
         self.register_buffer("ema_count", torch.ones(codebook_size))
         self.register_buffer("ema_sum", init.clone())

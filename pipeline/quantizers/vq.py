@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Quantizer
+from .base import Quantizer, uniform_table
 from .table_lookup import table_lookup
 
 
@@ -17,8 +17,7 @@ class TableQuantizer(Quantizer):
 
     def __init__(self, codebook_size: int, dim: int, options=None, **kw):
         super().__init__(codebook_size, dim, options, **kw)
-        # Uniform(-1/K, 1/K) as in the VQ-VAE and NS-VQ reference code; k-means init overwrites it.
-        self.embedding = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size))
+        self.embedding = nn.Parameter(uniform_table(codebook_size, dim))
 
     @property
     def codebook(self) -> torch.Tensor:

@@ -44,6 +44,10 @@ def load_checkpoint(path: Path | None, run_fingerprint: str, state: Mapping[str,
     if ckpt.get("fingerprint") != run_fingerprint:
         print(f"[{name}] checkpoint {path} is from other params/inputs; starting over", file=sys.stderr)
         return 0, [], {}
+    if set(ckpt.get("state", {})) != set(state):   # written by another version of the recipe
+        print(f"[{name}] checkpoint {path} holds other state ({sorted(ckpt.get('state', {}))}); starting over",
+              file=sys.stderr)
+        return 0, [], {}
     for key, obj in state.items():
         obj.load_state_dict(ckpt["state"][key])
     torch.set_rng_state(ckpt["rng"]["cpu"])
