@@ -340,3 +340,22 @@ def test_kernel_modules_import_without_running():
             "assert 'pipeline.kernels.search_triton' not in sys.modules; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_kernel_config_params_name_the_kernels_keys():
+    """quantizer.search.kernel / ns_kernel (typed params) list exactly the keys the kernels' default
+    configs have (precision is quantizer.search.precision), and the search's names match the params'."""
+    import dataclasses
+    import typing
+
+    from pipeline.config import NSKernelParams, SearchKernelParams, SearchParams
+    from pipeline.kernels.ns_loss_triton import default_ns_config
+    from pipeline.kernels.search_triton import default_config
+    from pipeline.quantizers.search import BACKENDS, KERNEL_PRECISIONS
+
+    for d in (8, 64):
+        assert {f.name for f in dataclasses.fields(SearchKernelParams)} == set(default_config(100, 100, d)) - {"precision"}
+        assert {f.name for f in dataclasses.fields(NSKernelParams)} == set(default_ns_config(100, 100, d)) - {"precision"}
+    hints = typing.get_type_hints(SearchParams)
+    assert set(typing.get_args(hints["precision"])) == set(KERNEL_PRECISIONS)
+    assert set(typing.get_args(hints["backend"])) == set(BACKENDS)
