@@ -44,3 +44,26 @@ def test_every_method_round_trips_through_a_model_file(tmp_path, method, levels)
     if method.startswith("sf_diveq"):
         flags = [m.initialized for m in loaded.modules() if hasattr(m, "initialized")]
         assert flags and all(flags), "a loaded SF-DiVeQ must not redo its warm-up"
+
+
+def test_a_model_file_in_the_older_params_layout_still_loads(tmp_path):
+    """Files written before quantizer.search existed (search_chunk / kernel_precision at the top of
+    the quantizer section, sf_diveq_detach reading sf_diveq's options) rebuild the same model."""
+    from pipeline.configbase import to_dict
+    from pipeline.torchio import atomic_save, cpu_state_dict
+
+    torch.manual_seed(0)
+    mp = build(ModelParams, TINY_MODEL, "model")
+    qp = build(QuantizerParams, {"method": "sf_diveq_detach", "codebook_size": 8,
+                                 "sf_diveq_detach": {"skip_steps": 0, "avg_steps": 0}}, "quantizer")
+    model = VQAutoencoder.from_params(mp, build_quantizer(qp, mp.code_dim)).eval()
+    old = {k: v for k, v in to_dict(qp).items() if k not in METHODS and k != "search"}
+    old.update(method="sf_diveq_detach", search_chunk=64, kernel_precision="fp32",
+               sf_diveq={"sigma": 0.001, "skip_steps": 0, "avg_steps": 0, "inference": "codes"})
+    atomic_save({"model": to_dict(mp), "quantizer": old, "state_dict": cpu_state_dict(model), "meta": {}},
+                tmp_path / "old.pt")
+    loaded, _ = load_autoencoder(tmp_path / "old.pt")
+    assert loaded.quantizer.search_params.chunk == 64
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], model(x)[0])

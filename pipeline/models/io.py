@@ -1,8 +1,9 @@
 """Saving and loading autoencoders with the params that built them.
 
-A model file holds ``{"model": ModelParams dict, "quantizer": QuantizerParams dict or None,
-"state_dict": ..., "meta": {...}}``, so any stage (or a notebook) can rebuild it without
-params.yaml. Files are written atomically.
+A model file holds ``{"model": ModelParams dict, "quantizer": the quantizer params its method
+reads (config.method_params) or None, "state_dict": ..., "meta": {...}}``, so any stage (or a
+notebook) can rebuild it without params.yaml. Files are written atomically. Files written
+before the search options became ``quantizer.search`` load too (``upgrade_quantizer_params``).
 """
 from __future__ import annotations
 
@@ -36,7 +37,25 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
     if blob.get("quantizer") is not None:
         from ..quantizers import build_quantizer
 
-        quantizer = build_quantizer(build(QuantizerParams, blob["quantizer"], "quantizer"), mp.code_dim)
+        qp = build(QuantizerParams, upgrade_quantizer_params(blob["quantizer"]), "quantizer")
+        quantizer = build_quantizer(qp, mp.code_dim)
     model = VQAutoencoder.from_params(mp, quantizer)
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), blob
+
+
+def upgrade_quantizer_params(d: dict) -> dict:
+    """Quantizer params of an older model file in today's layout: ``search_chunk`` and
+    ``kernel_precision`` were keys of the quantizer section (now ``search.chunk`` and
+    ``search.precision``), and sf_diveq_detach read the ``sf_diveq`` section (now its own,
+    without sigma). Today's params pass through unchanged."""
+    d = dict(d)
+    search = dict(d.get("search") or {})
+    for old, new in (("search_chunk", "chunk"), ("kernel_precision", "precision")):
+        if old in d:
+            search[new] = d.pop(old)
+    if search:
+        d["search"] = search
+    if d.get("method") == "sf_diveq_detach" and "sf_diveq_detach" not in d and "sf_diveq" in d:
+        d["sf_diveq_detach"] = {k: v for k, v in d["sf_diveq"].items() if k != "sigma"}
+    return d
