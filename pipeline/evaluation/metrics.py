@@ -33,6 +33,7 @@ __all__ = [
     "fid_from_features",
     "lpips_distance",
     "ssim",
+    "mse",
     "psnr",
     "codebook_usage",
     "perplexity",
@@ -170,6 +171,12 @@ def ssim(images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:
     images_a, images_b = _check_pair(images_a, images_b)
     return np.array([structural_similarity(a, b, channel_axis=-1, data_range=255)
                      for a, b in zip(images_a, images_b, strict=True)], dtype=np.float64)
+
+
+def mse(images_a: np.ndarray, images_b: np.ndarray) -> float:
+    """Mean squared error over every pixel and channel, on intensities scaled to [0, 1]."""
+    images_a, images_b = _check_pair(images_a, images_b)
+    return float(np.mean(((images_a.astype(np.float64) - images_b.astype(np.float64)) / 255.0) ** 2))
 
 
 def psnr(images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ def reconstruction_metrics(model: VQAutoencoder, images: np.ndarray, *, device, 
         fid_reference = metrics.fid_features(images, device=device, batch_size=batch_size)
     k = model.quantizer.codebook_size
     levels = tokens.shape[3] if tokens.ndim == 4 else 1
-    mse = float(np.mean(((recon.astype(np.float64) - images.astype(np.float64)) / 255.0) ** 2))
+    mse = metrics.mse(images, recon)
     bpp = metrics.bits_per_pixel(tokens.shape[1:3], images.shape[1:3], k, levels)
     out = {
         "rfid": metrics.fid_from_features(fid_reference,

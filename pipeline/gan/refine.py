@@ -34,10 +34,9 @@ class Refined:
 
 
 def val_quality(val: np.ndarray, recon: np.ndarray, lpips_net: str, device) -> dict[str, float]:
-    from ..evaluation.metrics import lpips_distance
+    from ..evaluation.metrics import lpips_distance, mse
 
-    mse = float(np.mean(((recon.astype(np.float64) - val.astype(np.float64)) / 255.0) ** 2))
-    return {"mse": mse, "lpips": float(np.mean(lpips_distance(val, recon, net=lpips_net, device=device)))}
+    return {"mse": mse(val, recon), "lpips": float(np.mean(lpips_distance(val, recon, net=lpips_net, device=device)))}
 
 
 def run_refine_gan(p, prepared: Path, vq_model: Path, checkpoint: Path | None = None, on_log=None) -> Refined:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from .ns_loss import ns_search_and_loss
-from .search import kernel_overrides
+from .search import search_kwargs
 from .table_lookup import table_lookup
 from .vq import TableQuantizer
 
@@ -33,9 +33,8 @@ class NSVQ(TableQuantizer):
     def quantize_flat(self, z):
         # the search runs inside the NS loss's sweep over the scores (one pass, not two)
         sp = self.search_params
-        idx, dist, emb = ns_search_and_loss(z, self.embedding, self.tau, self.options.lam, chunk_size=sp.chunk,
-                                            backend=sp.backend, precision=sp.precision,
-                                            config=kernel_overrides(sp.ns_kernel))
+        idx, dist, emb = ns_search_and_loss(z, self.embedding, self.tau, self.options.lam,
+                                            **search_kwargs(sp, sp.ns_kernel))
         # commitment + modified STE (no separate codebook term: the dense loss is that term)
         zq, commit = table_lookup(z, self.embedding, idx, dist, codebook_weight=0.0, beta=self.beta,
                                   ste_scale=2.0 * self.options.alpha / z.numel())

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import configbase
+
 # One chunk's distance block holds at most this many fp32 elements (256 MiB).
 MAX_BLOCK_ELEMS = 1 << 26
 
@@ -44,15 +46,13 @@ def select_backend(z: torch.Tensor, backend: str) -> str:
     return "torch"
 
 
-def kernel_overrides(kernel_params) -> dict:
-    """The set keys of a SearchKernelParams / NSKernelParams section (None means the kernel's default)."""
-    return {k: v for k, v in vars(kernel_params).items() if v is not None and not k.startswith("_")}
-
-
-def search_kwargs(sp) -> dict:
-    """``nearest_code`` keyword arguments from a SearchParams section (pipeline/config.py)."""
+def search_kwargs(sp, kernel=None) -> dict:
+    """``nearest_code`` (or ``ns_search_and_loss``) keyword arguments from a SearchParams section
+    (pipeline/config.py); ``kernel``: the launch-config section to use (default ``sp.kernel``,
+    the search kernel's), whose unset (None) keys keep the kernel's defaults."""
+    overrides = configbase.to_dict(sp.kernel if kernel is None else kernel)
     return dict(chunk_size=sp.chunk, backend=sp.backend, precision=sp.precision,
-                config=kernel_overrides(sp.kernel))
+                config={k: v for k, v in overrides.items() if v is not None})
 
 
 def chunk_rows(num_codes: int, chunk_size: int, max_block_elems: int = MAX_BLOCK_ELEMS) -> int:
