@@ -13,8 +13,10 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A bad params value; the message names the dotted key and the value."""
 
 

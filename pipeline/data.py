@@ -39,6 +39,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .atomic import atomic_dir
+from .digest import file_sha256, remember_verified, stamp_file, verify_file
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .config import DataParams
@@ -82,7 +84,7 @@ _16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _MAX_WARNING_LINES = 20
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the data: the message names the file or folder and the param."""
 
 
@@ -306,14 +308,6 @@ def _empty(n: int, size: int) -> np.ndarray:
     return np.empty((n, size, size, 3), dtype=np.uint8)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def prepare_dataset(params: DataParams, out_dir: str | Path) -> dict:
     """Build ``out_dir/{train,val}.npy`` and ``out_dir/manifest.json``; return the manifest.
 
@@ -332,10 +326,13 @@ def prepare_dataset(params: DataParams, out_dir: str | Path) -> dict:
             "image_size": params.image_size,
             "params": dataclasses.asdict(params),
             "counts": {split: len(array) for split, array in arrays.items()},
-            "sha256": {f"{split}.npy": _sha256(tmp / f"{split}.npy") for split in arrays},
+            "sha256": {f"{split}.npy": file_sha256(tmp / f"{split}.npy") for split in arrays},
             **info,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # Just hashed: the stages that read these shards need not hash them again.
+    for name, digest in manifest["sha256"].items():
+        remember_verified(Path(out_dir) / name, digest, stamp_file(out_dir))
     return manifest
 
 
@@ -357,7 +354,7 @@ def load_manifest(prepared_dir: str | Path) -> dict:
 
 def load_split(prepared_dir: str | Path, split: str) -> np.ndarray:
     """One split as a read-only memory-mapped uint8 array (N, S, S, 3), checked against
-    the manifest."""
+    the manifest: its shape, and its sha256 (pipeline/digest.py: hashed once per change on disk)."""
     if split not in SPLITS:
         raise DataError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
     manifest = load_manifest(prepared_dir)
@@ -373,6 +370,12 @@ def load_split(prepared_dir: str | Path, split: str) -> np.ndarray:
     if array.dtype != np.uint8 or array.shape != expected:
         raise DataError(f"{path}: holds {array.dtype} {array.shape}, but the manifest says "
                         f"uint8 {expected}; rerun the prepare stage")
+    digest = manifest.get("sha256", {}).get(path.name)
+    if not digest:
+        raise DataError(f"{path}: the manifest records no sha256 for it; rerun the prepare stage")
+    if not verify_file(path, digest, stamp_file(prepared_dir)):
+        raise DataError(f"{path}: corrupted (its sha256 is not the one the manifest records); "
+                        "rerun the prepare stage (dvc repro -f prepare) or restore it (dvc checkout)")
     return array
 
 

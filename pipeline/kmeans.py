@@ -158,3 +158,24 @@ def kmeans_init(p, prepared, pretrain_model, device=None, log=None) -> tuple[KMe
                           f"the training set gives {latents.shape[0]}")
     return kmeans(latents, k, iters=kp.iters, seed=kp.seed, search=search_kwargs(p.quantizer.search), log=log), \
         latents.shape[0]
+
+
+def save_codebook_init(path, fit: KMeansResult) -> None:
+    """The kmeans_init stage's output: the codes (K, D) and the fit's quality."""
+    from .torchio import atomic_save
+
+    atomic_save({"codes": fit.centers.cpu(), "inertia": fit.inertia, "empty_fraction": fit.empty_fraction}, path)
+
+
+def load_codebook_init(path, codebook_size: int, dim: int) -> torch.Tensor:
+    """The codes of a file :func:`save_codebook_init` wrote, checked to be (codebook_size, dim)."""
+    from .errors import UnreadableFileError
+    from .torchio import safe_load
+
+    blob = safe_load(path, "k-means codebook file")
+    codes = blob.get("codes") if isinstance(blob, dict) else None
+    if not torch.is_tensor(codes) or tuple(codes.shape) != (codebook_size, dim):
+        shape = tuple(codes.shape) if torch.is_tensor(codes) else type(codes).__name__
+        raise UnreadableFileError(f"{path}: holds codes of shape {shape}, expected ({codebook_size}, {dim}); "
+                                  "rerun the kmeans_init stage")
+    return codes

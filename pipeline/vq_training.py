@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .config import method_params
 from .configbase import to_dict
 from .data import load_manifest, load_split
+from .kmeans import load_codebook_init
 from .models.autoencoder import VQAutoencoder
 from .models.io import load_autoencoder
 from .quantizers.registry import build_quantizer
@@ -113,7 +114,7 @@ def run_train_vq(p, prepared: Path, pretrain_model: Path, codebook_init: Path | 
     # Methods whose codebook is a transform of a frozen table (simvq, transvq) or that
     # initialise themselves (sf_diveq) skip the k-means codes.
     if tp.kmeans_init and model.quantizer.uses_kmeans_init:
-        model.quantizer.init_codebook(torch.load(codebook_init, map_location="cpu")["codes"])
+        model.quantizer.init_codebook(load_codebook_init(codebook_init, qp.codebook_size, model.quantizer.dim))
     run = RunOptions(checkpoint, fingerprint(model.config, method_params(qp), to_dict(tp), manifest["sha256"]))
     result = train_vq(model, load_split(prepared, "train"), tp, CodeReplacement.from_params(qp.replacement),
                       run, on_log)

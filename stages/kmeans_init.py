@@ -1,16 +1,14 @@
 """DVC stage `kmeans_init`: k-means codes from the pretrained encoder's latents."""
 from __future__ import annotations
 
-from pipeline.kmeans import kmeans_init
-from pipeline.torchio import atomic_save
+from pipeline.kmeans import kmeans_init, save_codebook_init
 from stages.common import StageResult, require, run_stage, write_json
 
 
 def work(p, paths, run) -> StageResult:
     fit, num_latents = kmeans_init(p, paths.prepared, require(paths.pretrain_model, "pretrain"),
                                    log=lambda it, inertia: run.log_metrics({"inertia": inertia}, it))
-    atomic_save({"codes": fit.centers.cpu(), "inertia": fit.inertia, "empty_fraction": fit.empty_fraction},
-                paths.codebook_init)
+    save_codebook_init(paths.codebook_init, fit)
     summary = {"inertia": fit.inertia, "empty_fraction": fit.empty_fraction, "num_latents": num_latents,
                "codebook_size": p.quantizer.codebook_size}
     write_json(paths.kmeans_report, summary)

@@ -17,6 +17,7 @@ from pipeline import data
 from pipeline.config import DataParams
 from pipeline.configbase import build
 from pipeline.data import DataError, load_manifest, load_split, prepare_dataset
+from pipeline.digest import stamp_file
 
 S = 16
 
@@ -31,7 +32,8 @@ def file_bytes(d: Path) -> dict[str, bytes]:
 
 
 def siblings(d: Path) -> list[str]:
-    return sorted(p.name for p in d.parent.iterdir())
+    """What lies beside ``d``, except its verification stamps (pipeline/digest.py)."""
+    return sorted(p.name for p in d.parent.iterdir() if p != stamp_file(d))
 
 
 # --------------------------------------------------------------------------- demo
@@ -351,7 +353,7 @@ def test_failure_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
     def disk_full(path):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(data, "_sha256", disk_full)
+    monkeypatch.setattr(data, "file_sha256", disk_full)
     with pytest.raises(OSError, match="No space"):
         prepare_dataset(params(seed=1), out)
     assert file_bytes(out) == good

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from ..configbase import build, to_dict
-from ..torchio import atomic_save, cpu_state_dict
+from ..configbase import ConfigError, build, to_dict
+from ..errors import UnreadableFileError
+from ..torchio import atomic_save, cpu_state_dict, load_state, safe_load
 from .autoencoder import VQAutoencoder
 
 
@@ -29,18 +30,21 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
     from ..config import ModelParams, QuantizerParams
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: model file not found (run the stage that writes it first)")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    mp = build(ModelParams, blob["model"], "model")
-    quantizer = None
-    if blob.get("quantizer") is not None:
-        from ..quantizers import build_quantizer
+    blob = safe_load(path, "model file")
+    if not isinstance(blob, dict) or not {"model", "state_dict"} <= blob.keys():
+        raise UnreadableFileError(f"{path}: not a model file of this project (needs 'model' and 'state_dict')")
+    try:
+        mp = build(ModelParams, blob["model"], "model")
+        quantizer = None
+        if blob.get("quantizer") is not None:
+            from ..quantizers import build_quantizer
 
-        qp = build(QuantizerParams, upgrade_quantizer_params(blob["quantizer"]), "quantizer")
-        quantizer = build_quantizer(qp, mp.code_dim)
+            qp = build(QuantizerParams, upgrade_quantizer_params(blob["quantizer"]), "quantizer")
+            quantizer = build_quantizer(qp, mp.code_dim)
+    except ConfigError as e:
+        raise UnreadableFileError(f"{path}: the params stored in this model file are invalid ({e})") from None
     model = VQAutoencoder.from_params(mp, quantizer)
-    model.load_state_dict(blob["state_dict"])
+    load_state(model, blob["state_dict"], path)
     return model.to(device).eval(), blob
 
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..torchio import atomic_save, cpu_state_dict
+from ..errors import UnreadableFileError
+from ..torchio import atomic_save, cpu_state_dict, load_state, safe_load
 
 
 def grid_to_sequence(tokens: torch.Tensor) -> torch.Tensor:
@@ -163,11 +164,14 @@ def save_prior(path: str | Path, prior: TokenPrior | None, meta: dict[str, Any] 
 def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[TokenPrior | None, dict]:
     """(prior in eval mode or None when none was trained, the raw file dict)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: prior file not found (run the train_prior stage first)")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if blob.get("config") is None:
+    blob = safe_load(path, "prior file")
+    if not isinstance(blob, dict) or "config" not in blob:
+        raise UnreadableFileError(f"{path}: not a prior file of this project (needs 'config')")
+    if blob["config"] is None:
         return None, blob
-    prior = TokenPrior(**blob["config"])
-    prior.load_state_dict(blob["state_dict"])
+    try:
+        prior = TokenPrior(**blob["config"])
+    except TypeError as e:
+        raise UnreadableFileError(f"{path}: its prior config does not build a TokenPrior ({e})") from None
+    load_state(prior, blob["state_dict"], path)
     return prior.to(device).eval(), blob

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .device import amp_dtype, pick_device
 
 
@@ -125,7 +125,7 @@ class Trainer:
         finally:
             bar.close()
         if step >= self.total_steps and self.checkpoint_path is not None:
-            self.checkpoint_path.unlink(missing_ok=True)
+            remove_checkpoint(self.checkpoint_path)
         final = dict(history[-1]) if history else {}
         final.pop("step", None)
         return TrainResult(history, step, start, time.monotonic() - t0, final)
