@@ -31,7 +31,6 @@ import hashlib
 import importlib.util
 import json
 import struct
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,7 @@ from PIL import Image, ImageOps
 
 from .atomic import atomic_dir
 from .digest import file_sha256, remember_verified, stamp_file, verify_file
-from .errors import UserError
+from .errors import UserError, warn
 
 if TYPE_CHECKING:
     from .config import DataParams
@@ -257,11 +256,11 @@ def _walk(root: Path) -> tuple[list[Path], int]:
 
 
 def _warn_unreadable(root: str, unreadable: list[dict[str, str]]) -> None:
-    lines = [f"warning: skipped {len(unreadable)} unreadable image file(s) in {root!r}:"]
+    lines = [f"skipped {len(unreadable)} unreadable image file(s) in {root!r}:"]
     lines += [f"  {u['path']}: {u['reason']}" for u in unreadable[:_MAX_WARNING_LINES]]
     if len(unreadable) > _MAX_WARNING_LINES:
         lines.append(f"  ... and {len(unreadable) - _MAX_WARNING_LINES} more (see manifest.json)")
-    print("\n".join(lines), file=sys.stderr)
+    warn("\n".join(lines))
 
 
 def _prepare_folder(params: DataParams) -> tuple[dict[str, np.ndarray], dict]:

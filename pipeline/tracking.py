@@ -5,10 +5,14 @@ Store: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<repo root>/mlflow.db``; artifact
 
 Stages run as separate processes under ``dvc repro``, so they find their parent run by
 key: ``$NSVQ_PARENT_RUN_ID`` if set; otherwise the newest parent tagged with the same
-pipeline key (a hash of params.yaml and the DVC experiment name) that has no child for
-this stage yet; otherwise a new parent. One ``dvc repro`` (or one ``dvc exp run``)
-therefore collects its stages under one parent, and a rerun of a stage after a change
-of params or code starts a new parent. Every run carries the git commit as a tag.
+pipeline key (a hash of params.yaml and the DVC experiment name) that has no finished child
+for this stage yet; otherwise a new parent. One ``dvc repro`` (or one ``dvc exp run``)
+therefore collects its stages under one parent, a rerun after a kill continues the same
+parent, and a rerun of a stage after a change of params or code starts a new parent. Runs
+carry the git commit, and the process that runs them (``nsvq.process``: host, pid, start
+time): a run left RUNNING by a process that no longer exists is marked KILLED by the next
+stage that starts. The experiment is tagged as model training (MLflow's
+``mlflow.experimentKind``), not the GenAI view MLflow 3 opens otherwise.
 
 Nothing here writes into DVC-tracked outputs (no run ids or timestamps there).
 """
@@ -26,6 +30,10 @@ from .configbase import flatten
 
 PARENT_KEY_TAG = "nsvq.pipeline_key"
 STAGE_TAG = "nsvq.stage"
+PROCESS_TAG = "nsvq.process"
+SUMMARY_TAG = "nsvq.summary"            # a stage run's summary as JSON (copied to later parents)
+MD5_TAG_PREFIX = "dvc.md5:"              # + output path: DVC's hash of what the run produced
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 TELEMETRY_OFF = {
     "DO_NOT_TRACK": "1",
@@ -62,6 +70,43 @@ def git_commit(root: Path | None = None) -> str:
         return "unknown"
 
 
+def process_token() -> str:
+    """This process as ``host:pid:start``; the start time (Linux: clock ticks since boot, from
+    /proc) tells a live process from a later one that reuses the pid."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def token_alive(token: str) -> bool:
+    """Whether the process ``token`` names still runs. A process on another host counts as
+    alive (it cannot be checked from here)."""
+    import socket
+
+    try:
+        host, pid, start = token.rsplit(":", 2)
+        pid_n = int(pid)
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start in ("?", _start_time(pid_n))
+
+
 def pipeline_key(params_path: Path) -> str:
     h = hashlib.sha256(params_path.read_bytes())
     h.update(os.environ.get("DVC_EXP_NAME", "").encode())
@@ -75,6 +120,7 @@ class StageRun:
         self.client = client
         self.run_id = run_id
         self.parent_id = parent_id
+        self.failed = False
 
     def log_params(self, params: Mapping[str, Any], prefix: str = "", parent: bool = False) -> None:
         from mlflow.entities import Param
@@ -100,6 +146,7 @@ class StageRun:
         ``<parent_prefix>/<key>`` (plain keys for ""), so runs compare side by side."""
         numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.log_metrics(numeric)
+        self.set_tags({SUMMARY_TAG: json.dumps(numeric, sort_keys=True)})
         if parent_prefix is not None:
             self.log_metrics({f"{parent_prefix}/{k}" if parent_prefix else k: v for k, v in numeric.items()},
                              parent=True)
@@ -108,26 +155,86 @@ class StageRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_model_reference(self, path: str | Path, name: str = "checkpoint") -> None:
-        """Checkpoints are logged by reference (path + sha256), not copied into the store."""
-        path = Path(path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        self.client.set_tag(self.run_id, f"{name}.path", str(path))
-        self.client.set_tag(self.run_id, f"{name}.sha256", digest)
-        self.client.log_text(self.run_id, json.dumps({"path": str(path), "sha256": digest,
-                                                      "bytes": path.stat().st_size}, indent=1),
-                             f"{name}_reference.json")
+    def fail(self) -> None:
+        """End this stage run FAILED (a user error the stage reports without raising)."""
+        self.failed = True
+
+    def set_tags(self, tags: Mapping[str, str], parent: bool = False) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.parent_id if parent else self.run_id, k, str(v)[:5000])
+
+    def record_outputs(self, md5s: Mapping[str, str]) -> None:
+        """Tag the run with DVC's hash of each output it produced (``dvc.md5:<path>``): the
+        file in DVC's cache, and the run that made an output, are each found from the other."""
+        self.set_tags({f"{MD5_TAG_PREFIX}{path}": md5 for path, md5 in md5s.items()})
+
+    def log_dataset(self, manifest_path: str | Path, context: str) -> None:
+        """The prepared dataset as this run's (and the parent's) input, by its manifest digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        raw = Path(manifest_path).read_bytes()
+        manifest = json.loads(raw)
+        digest = hashlib.sha256(raw).hexdigest()
+        profile = json.dumps({"counts": manifest.get("counts"), "image_size": manifest.get("image_size"),
+                              "manifest_sha256": digest, "shards_sha256": manifest.get("sha256")})
+        dataset = Dataset(name=f"prepared:{manifest.get('source')}", digest=digest[:32], source_type="local",
+                          source=json.dumps({"uri": str(Path(manifest_path).parent)}), profile=profile)
+        for run_id in (self.run_id, self.parent_id):
+            self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context",
+                                                                                     context)])])
+
+    def log_pytorch_model(self, name: str, module, input_example, dvc_path: str | Path) -> None:
+        """``module`` as an MLflow model of this run (``mlflow.pytorch.load_model(
+        "runs:/<run id>/<name>")``), with the project's code bundled so it loads outside the
+        repository, and tagged with the DVC hash of the file it was saved to."""
+        import mlflow
+        import torch
+
+        from .lineage import dvc_md5
+
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            out = module(torch.as_tensor(input_example))
+        out = out[0] if isinstance(out, tuple) else out          # the autoencoder: (reconstruction, quantizer output)
+        signature = infer_signature(input_example, out.numpy())
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        # Fluent API on the existing run; the run's status is set by stage_run at the end.
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pytorch.log_model(
+                module, name=name, input_example=input_example, signature=signature,
+                serialization_format="pickle",  # the default "pt2" (torch.export) cannot trace every quantizer
+                validate_serving_input=False,   # pyfunc serving wants one output tensor; the autoencoder gives two
+                code_paths=[str(Path(__file__).resolve().parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                tags={"dvc.path": str(dvc_path), "dvc.md5": dvc_md5(dvc_path)})
+        self.set_tags({f"model.{name}.uri": info.model_uri})
 
 
 def experiment_id(client, root: Path) -> str:
     name = os.environ.get("NSVQ_EXPERIMENT", "nsvq-pipeline")
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri())
-    except Exception:  # created concurrently by another stage process
-        return client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri(),
+                                            tags=EXPERIMENT_KIND)
+        except Exception:  # created concurrently by another stage process
+            exp = client.get_experiment_by_name(name)
+    for k, v in EXPERIMENT_KIND.items():
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
+def mark_killed_runs(client, exp_id: str) -> list[str]:
+    """End KILLED the RUNNING runs whose process (``nsvq.process``) is gone; returns their ids."""
+    killed = []
+    for run in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        token = run.data.tags.get(PROCESS_TAG)
+        if token and not token_alive(token):
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    return killed
 
 
 def _find_parent(client, exp_id: str, key: str, stage: str) -> str | None:
@@ -137,13 +244,24 @@ def _find_parent(client, exp_id: str, key: str, stage: str) -> str | None:
         return None
     parent = runs[0].info.run_id
     children = client.search_runs([exp_id], filter_string=(
-        f"tags.mlflow.parentRunId = '{parent}' and tags.`{STAGE_TAG}` = '{stage}'"), max_results=1)
+        f"tags.mlflow.parentRunId = '{parent}' and tags.`{STAGE_TAG}` = '{stage}' "
+        "and attributes.status = 'FINISHED'"), max_results=1)
     return None if children else parent
 
 
+def run_name(stage: str | None, params: Mapping[str, Any]) -> str:
+    """What a run is: the DVC experiment (if any), the method and K, and the stage."""
+    q = params.get("quantizer") or {}
+    parts = [os.environ.get("DVC_EXP_NAME", ""), f"{q.get('method', '?')} K={q.get('codebook_size', '?')}", stage or ""]
+    return " ".join(p for p in parts if p)
+
+
 @contextlib.contextmanager
-def stage_run(stage: str, params_path: str | Path = "params.yaml") -> Iterator[StageRun]:
-    """Open (or find) the parent run and a child run for ``stage``; close the child on exit."""
+def stage_run(stage: str, params_path: str | Path = "params.yaml", tags: Mapping[str, str] | None = None
+              ) -> Iterator[StageRun]:
+    """Open (or find) the parent run and a child run for ``stage``; close the child on exit.
+    Runs of killed attempts are marked KILLED first (:func:`mark_killed_runs`)."""
+    import yaml
     from mlflow.tracking import MlflowClient
 
     disable_telemetry()
@@ -151,27 +269,41 @@ def stage_run(stage: str, params_path: str | Path = "params.yaml") -> Iterator[S
     params_path = Path(params_path)
     client = MlflowClient(tracking_uri=tracking_uri(root))
     exp_id = experiment_id(client, root)
+    mark_killed_runs(client, exp_id)
     commit = git_commit(root)
-    common = {"mlflow.source.git.commit": commit, "git_commit": commit}
+    common = {"mlflow.source.git.commit": commit, "git_commit": commit, PROCESS_TAG: process_token(),
+              **(tags or {})}
     if os.environ.get("DVC_EXP_NAME"):
         common["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    try:
+        raw_params = yaml.safe_load(params_path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        raw_params = {}
     parent_id = os.environ.get("NSVQ_PARENT_RUN_ID")
     if not parent_id:
         key = pipeline_key(params_path)
         parent_id = _find_parent(client, exp_id, key, stage)
         if parent_id is None:
-            name = f"pipeline {os.environ.get('DVC_EXP_NAME', '')}".strip()
-            parent_id = client.create_run(exp_id, run_name=name,
+            parent_id = client.create_run(exp_id, run_name=run_name(None, raw_params),
                                           tags={PARENT_KEY_TAG: key, **common}).info.run_id
     client.update_run(parent_id, status="RUNNING")
-    run = client.create_run(exp_id, run_name=stage,
+    client.set_tag(parent_id, PROCESS_TAG, common[PROCESS_TAG])
+    run = client.create_run(exp_id, run_name=run_name(stage, raw_params),
                             tags={"mlflow.parentRunId": parent_id, STAGE_TAG: stage, **common})
     handle = StageRun(client, run.info.run_id, parent_id)
     status = "FAILED"
     try:
         yield handle
-        status = "FINISHED"
+        status = "FAILED" if handle.failed else "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status)
         # The parent runs while a stage runs; each stage leaves it with its own outcome.
         client.set_terminated(parent_id, status)
+
+
+def producer_run(client, exp_id: str, stage: str, path: str, md5: str):
+    """The newest finished run of ``stage`` that recorded ``md5`` for output ``path``, or None."""
+    runs = client.search_runs([exp_id], filter_string=(
+        f"tags.`{STAGE_TAG}` = '{stage}' and tags.`{MD5_TAG_PREFIX}{path}` = '{md5}' "
+        "and attributes.status = 'FINISHED'"), order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None

@@ -27,20 +27,22 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from pipeline.atomic import atomic_path
+from pipeline.errors import UserError
 
 PARAMS = Path("params.yaml")
 DVC_YAML = Path("dvc.yaml")
 
 
-class UserFacingError(RuntimeError):
-    """An input problem the user must fix (bad data, missing upstream output)."""
+class UserFacingError(UserError):
+    """An input problem the user must fix (a missing upstream output)."""
 
 
 @dataclass
 class StageResult:
     summary: dict[str, Any]                                     # logged on the stage run and the parent
-    models: dict[str, Path] = field(default_factory=dict)       # name -> file, logged by reference
     artifacts: list[Path] = field(default_factory=list)         # copied into the run's artifacts
+    # name -> (module, input example, the DVC-tracked file it was saved to): MLflow models
+    mlflow_models: dict[str, tuple[Any, Any, Path]] = field(default_factory=dict)
 
 
 def setup_environment() -> None:
@@ -92,7 +94,7 @@ def stage_param_keys(stage: str, raw_params: dict, spec: dict | None = None) -> 
     keys = []
     for entry in spec["stages"][stage].get("params", []):
         for key in ([entry] if isinstance(entry, str) else [k for v in entry.values() for k in v]):
-            keys.append(re.sub(r"\$\{([^}]+)\}", lambda m: str(_dotted(scope, m.group(1).strip())), key))
+            keys.append(_resolve(key, scope))
     return keys
 
 
@@ -108,47 +110,182 @@ def stage_params(stage: str, p) -> dict[str, Any]:
     return out
 
 
+def _resolve(text: str, scope: dict) -> str:
+    return re.sub(r"\$\{([^}]+)\}", lambda m: str(_dotted(scope, m.group(1).strip())), text)
+
+
+def stage_products(stage: str, spec: dict) -> list[str]:
+    """The paths ``stage`` writes (its outs, metrics and plots in dvc.yaml), resolved."""
+    scope = _vars(spec)
+    entry = spec["stages"][stage]
+    out = []
+    for kind in ("outs", "metrics", "plots"):
+        for item in entry.get(kind, []):
+            out.append(_resolve(item if isinstance(item, str) else next(iter(item)), scope))
+    return out
+
+
+def downstream(stage: str, spec: dict) -> set[str]:
+    """The stages that depend (directly or through others) on ``stage``'s outputs."""
+    scope = _vars(spec)
+    deps = {s: {_resolve(d, scope) for d in e.get("deps", [])} for s, e in spec["stages"].items()}
+    found, frontier = set(), {stage}
+    while frontier:
+        made = {p for s in frontier for p in stage_products(s, spec)}
+        frontier = {s for s, d in deps.items() if s not in found and s != stage and d & made}
+        found |= frontier
+    return found
+
+
+def _exit_user_error(e: BaseException) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult], *, headline: bool = False) -> None:
     """Entry point of ``python -m stages.<name>`` (see the module docstring). ``headline``: the
     summary goes to the parent run unprefixed, with every param (evaluate: runs compare on it)."""
-    from pipeline.config import ConfigError
-
     setup_environment()
+    debug = bool(os.environ.get("NSVQ_DEBUG"))
     try:
         p = load_params()
-        paths = stage_paths()
+        spec = _dvc_yaml()
+        paths = stage_paths(spec)
         params = stage_params(name, p)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    from prefect import flow
+    except UserError as e:
+        if debug:
+            raise
+        _exit_user_error(e)
+    from prefect import flow, tags
 
-    from pipeline.data import DataError
+    from stages.prefect_run import crash_orphaned_flow_runs, forward_library_logs, process_tag, use_prefect_api
 
-    @flow(name=name)
-    def stage_flow() -> None:
-        from pipeline.configbase import flatten, to_dict
+    user_error: list[BaseException] = []
+
+    @flow(name=name, log_prints=True, validate_parameters=False, flow_run_name=run_name_of(name, p))
+    def stage_flow(params: dict) -> Any:
+        from prefect.states import Failed
+
         from pipeline.tracking import stage_run
 
-        with stage_run(name) as run:
-            run.log_params(params)
-            result = stage_task(work, name=name)(p, paths, run)
-            run.log_summary(result.summary, parent_prefix="" if headline else name)
-            if headline:
-                run.log_params(flatten(to_dict(p)), parent=True)
-            for model_name, path in result.models.items():
-                run.log_model_reference(path, model_name)
-            for path in result.artifacts:
-                if Path(path).exists():
-                    run.log_artifact(path)
+        with stage_run(name, tags={"nsvq.headline": "1"} if headline else None) as run:
+            stage_task(link_flow_run, name="link runs")(run)
+            stage_task(log_inputs, name="log params and data")(run, params, p, paths, headline)
+            state = stage_task(_guarded(work, user_error, debug), name=name)(p, paths, run, return_state=True)
+            if user_error:
+                run.fail()
+                return Failed(message=f"error: {user_error[0]}")
+            result = state.result()
+            stage_task(log_results, name="log results")(run, name, result, spec, headline)
 
     try:
-        stage_flow()
-    except (UserFacingError, ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        use_prefect_api()
+        with forward_library_logs():
+            crash_orphaned_flow_runs(name)
+            with tags(process_tag()):
+                state = stage_flow(params, return_state=True)
+        if not user_error and state.is_failed():
+            state.result()           # an unexpected error: raised again, with its traceback
+    except UserError as e:           # raised outside the stage's work (a tracking input)
+        if debug:
+            raise
+        user_error.append(e)
     finally:
         _record_imports()
+    if user_error:
+        _exit_user_error(user_error[0])
+
+
+def run_name_of(stage: str, p) -> str:
+    from pipeline.configbase import to_dict
+    from pipeline.tracking import run_name
+
+    return run_name(stage, to_dict(p))
+
+
+def _guarded(work, user_error: list, debug: bool):
+    """``work`` with a user error caught and kept (the stage reports it in one line), so
+    Prefect does not log its traceback; any other exception propagates with its traceback."""
+
+    def guarded(p, paths, run):
+        try:
+            return work(p, paths, run)
+        except UserError as e:
+            if debug:
+                raise
+            user_error.append(e)
+            return None
+    guarded.__name__ = getattr(work, "__name__", "work")
+    return guarded
+
+
+def link_flow_run(run) -> None:
+    """Each side names the other: the MLflow run gets the flow run's id, the flow run a link
+    artifact to the MLflow run (``$MLFLOW_UI_URL``, default http://127.0.0.1:5000)."""
+    from prefect.artifacts import create_link_artifact
+    from prefect.runtime import flow_run
+
+    run.set_tags({"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name})
+    exp = run.client.get_run(run.run_id).info.experiment_id
+    ui = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+    create_link_artifact(link=f"{ui}/#/experiments/{exp}/runs/{run.run_id}", link_text=f"MLflow run {run.run_id}",
+                         description="The MLflow run of this stage (its params, curves, models)")
+
+
+def log_inputs(run, params: dict, p, paths, headline: bool) -> None:
+    from pipeline.configbase import flatten, to_dict
+
+    run.log_params(params)
+    if headline:
+        run.log_params(flatten(to_dict(p)), parent=True)
+    manifest = Path(paths.prepared) / "manifest.json"
+    if manifest.exists():
+        run.log_dataset(manifest, "evaluation" if headline else "training")
+
+
+def log_results(run, name: str, result: StageResult, spec: dict, headline: bool) -> None:
+    """The stage's summary (its run and the parent), its models, its artifacts, DVC's hash of
+    each output; then the parent gets the summary of every other stage that did not rerun,
+    from the run that produced that stage's current outputs."""
+    from pipeline.lineage import dvc_md5
+
+    run.log_summary(result.summary, parent_prefix="" if headline else name)
+    run.record_outputs({path: dvc_md5(path) for path in stage_products(name, spec) if Path(path).exists()})
+    for model_name, (module, example, path) in result.mlflow_models.items():
+        run.log_pytorch_model(model_name, module, example, path)
+    for path in result.artifacts:
+        if Path(path).exists():
+            run.log_artifact(path)
+    if "manifest.json" in {Path(a).name for a in result.artifacts}:     # prepare: its own output is the data
+        run.log_dataset(next(a for a in result.artifacts if Path(a).name == "manifest.json"), "training")
+    fill_parent(run, name, spec)
+
+
+def fill_parent(run, name: str, spec: dict) -> None:
+    """Copy onto the parent the summary of each stage that neither ran under it nor runs after
+    ``name``: the values of the run that produced that stage's current outputs (found by the
+    DVC hash dvc.lock records for its first output), so parents of partial reruns compare."""
+    import json as _json
+
+    from pipeline.lineage import lock_outs
+    from pipeline.tracking import STAGE_TAG, SUMMARY_TAG, producer_run
+
+    exp = run.client.get_run(run.run_id).info.experiment_id
+    ran = {r.data.tags.get(STAGE_TAG) for r in run.client.search_runs(
+        [exp], filter_string=f"tags.mlflow.parentRunId = '{run.parent_id}' and attributes.status != 'KILLED'")}
+    later = downstream(name, spec)
+    for other in spec["stages"]:
+        if other in ran or other in later or other == name:
+            continue
+        products = stage_products(other, spec)
+        md5 = lock_outs(other).get(products[0]) if products else None
+        source = producer_run(run.client, exp, other, products[0], md5) if md5 else None
+        if source is None:
+            continue
+        summary = _json.loads(source.data.tags.get(SUMMARY_TAG, "{}"))
+        prefix = "" if source.data.tags.get("nsvq.headline") else f"{other}/"
+        run.log_metrics({f"{prefix}{k}": v for k, v in summary.items()}, parent=True)
+        run.set_tags({f"nsvq.summary_from.{other}": source.info.run_id}, parent=True)
 
 
 def stage_task(fn, **kw):
@@ -194,6 +331,17 @@ def write_json(path: Path, obj: Any) -> None:
             return [rnd(x) for x in v]
         return v
     write_atomic(path, json.dumps(rnd(obj), indent=2, sort_keys=True) + "\n")
+
+
+# Numbers that differ between two runs of the same inputs (wall time, where a run resumed):
+# they go to MLflow only, never into DVC-tracked reports, so a rerun leaves git clean and
+# nothing downstream stale.
+RUN_DEPENDENT = frozenset({"train_seconds", "resumed_from_step"})
+
+
+def write_report(path: Path, summary: dict[str, Any]) -> None:
+    """A stage's DVC-tracked report: its summary without the run-dependent numbers."""
+    write_json(path, {k: v for k, v in summary.items() if k not in RUN_DEPENDENT})
 
 
 def write_history_csv(path: Path, history: list[dict[str, float]]) -> None:

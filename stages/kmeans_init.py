@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pipeline.kmeans import kmeans_init, save_codebook_init
-from stages.common import StageResult, require, run_stage, write_json
+from stages.common import StageResult, require, run_stage, write_report
 
 
 def work(p, paths, run) -> StageResult:
@@ -11,8 +11,8 @@ def work(p, paths, run) -> StageResult:
     save_codebook_init(paths.codebook_init, fit)
     summary = {"inertia": fit.inertia, "empty_fraction": fit.empty_fraction, "num_latents": num_latents,
                "codebook_size": p.quantizer.codebook_size}
-    write_json(paths.kmeans_report, summary)
-    return StageResult(summary, models={"codebook_init": paths.codebook_init})
+    write_report(paths.kmeans_report, summary)
+    return StageResult(summary)
 
 
 if __name__ == "__main__":

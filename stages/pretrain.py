@@ -13,7 +13,7 @@ def work(p, paths, run) -> StageResult:
     write_history_csv(paths.pretrain_curve, result.history)
     return StageResult({"final_loss": result.final.get("loss"), "train_seconds": result.seconds,
                         "resumed_from_step": result.resumed_from},
-                       models={"checkpoint": paths.pretrain_model}, artifacts=[paths.pretrain_curve])
+                       artifacts=[paths.pretrain_curve])
 
 
 if __name__ == "__main__":

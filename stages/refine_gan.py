@@ -5,8 +5,13 @@ byte (the pipeline skips refinement without editing dvc.yaml)."""
 from __future__ import annotations
 
 from pipeline.gan.refine import run_refine_gan
-from pipeline.models.io import save_autoencoder
-from stages.common import StageResult, require, run_stage, write_atomic, write_history_csv, write_json
+import numpy as np
+import torch
+
+from pipeline.data import load_split
+from pipeline.images import images_to_input
+from pipeline.models.io import load_autoencoder, save_autoencoder
+from stages.common import StageResult, require, run_stage, write_atomic, write_history_csv, write_report
 
 
 def work(p, paths, run) -> StageResult:
@@ -20,9 +25,11 @@ def work(p, paths, run) -> StageResult:
                          meta={**out.blob["meta"], "refine_gan": {"steps": out.result.steps, "final": out.result.final}})
     write_atomic(paths.refine_gan_grid, out.grid_png)
     write_history_csv(paths.refine_gan_curve, out.history)
-    write_json(paths.refine_gan_report, out.summary)
-    return StageResult(out.summary, models={"checkpoint": paths.tokenizer},
-                       artifacts=[paths.refine_gan_grid, paths.refine_gan_curve])
+    write_report(paths.refine_gan_report, out.summary)
+    tokenizer, _ = load_autoencoder(paths.tokenizer)
+    example = images_to_input(torch.from_numpy(np.array(load_split(paths.prepared, "val")[:2]))).numpy()
+    return StageResult(out.summary, artifacts=[paths.refine_gan_grid, paths.refine_gan_curve],
+                       mlflow_models={"tokenizer": (tokenizer, example, paths.tokenizer)})
 
 
 if __name__ == "__main__":

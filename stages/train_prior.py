@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from pipeline.prior.model import save_prior
 from pipeline.prior.training import run_train_prior
-from stages.common import StageResult, npy_bytes, require, run_stage, write_folder, write_history_csv, write_json
+from stages.common import StageResult, npy_bytes, require, run_stage, write_folder, write_history_csv, write_report
 
 
 def work(p, paths, run) -> StageResult:
@@ -25,9 +27,14 @@ def work(p, paths, run) -> StageResult:
         samples["grid.png"] = out.samples_grid
     write_folder(paths.samples, samples)
     write_history_csv(paths.train_prior_curve, out.history)
-    write_json(paths.train_prior_report, out.summary)
-    return StageResult(out.summary, models={"checkpoint": paths.prior_model},
-                       artifacts=[paths.train_prior_curve, paths.samples / "grid.png"])
+    write_report(paths.train_prior_report, out.summary)
+    models = {}
+    if out.prior is not None:
+        train = out.tokens["train"]
+        example = train[:2].reshape(min(2, len(train)), -1).astype(np.int64)   # raster-ordered sequences
+        models["prior"] = (out.prior.cpu().eval(), example, paths.prior_model)
+    return StageResult(out.summary, artifacts=[paths.train_prior_curve, paths.samples / "grid.png"],
+                       mlflow_models=models)
 
 
 if __name__ == "__main__":

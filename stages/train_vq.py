@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline.config import method_params
 from pipeline.models.io import save_autoencoder
 from pipeline.vq_training import run_train_vq
-from stages.common import StageResult, require, run_stage, write_history_csv, write_json
+from stages.common import StageResult, require, run_stage, write_history_csv, write_report
 
 
 def work(p, paths, run) -> StageResult:
@@ -19,8 +19,8 @@ def work(p, paths, run) -> StageResult:
     write_history_csv(paths.train_vq_curve, result.history)
     summary = {"train_seconds": result.seconds, "steps": result.steps,
                **{f"final_{k}": v for k, v in result.final.items()}}
-    write_json(paths.train_vq_report, summary)
-    return StageResult(summary, models={"checkpoint": paths.vq_model}, artifacts=[paths.train_vq_curve])
+    write_report(paths.train_vq_report, summary)
+    return StageResult(summary, artifacts=[paths.train_vq_curve])
 
 
 if __name__ == "__main__":

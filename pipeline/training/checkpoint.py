@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +20,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..digest import file_sha256
-from ..errors import UnreadableFileError
+from ..errors import UnreadableFileError, note, warn
 from ..torchio import atomic_save, safe_load
 
 
@@ -71,25 +70,23 @@ def load_checkpoint(path: Path | None, run_fingerprint: str, state: Mapping[str,
         return 0, [], {}
     problem = verify_checkpoint(path)
     if problem is not None:
-        print(f"warning: [{name}] checkpoint {path} is corrupt ({problem}); starting over from step 0",
-              file=sys.stderr)
+        warn(f"[{name}] checkpoint {path} is corrupt ({problem}); starting over from step 0")
         return 0, [], {}
     try:
         ckpt = safe_load(path, "checkpoint", map_location=device)
     except UnreadableFileError as e:
-        print(f"warning: [{name}] {e}; starting over from step 0", file=sys.stderr)
+        warn(f"[{name}] {e}; starting over from step 0")
         return 0, [], {}
     if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != run_fingerprint:
-        print(f"[{name}] checkpoint {path} is from other params/inputs; starting over", file=sys.stderr)
+        note(f"[{name}] checkpoint {path} is from other params/inputs; starting over")
         return 0, [], {}
     if set(ckpt.get("state", {})) != set(state):   # written by another version of the recipe
-        print(f"[{name}] checkpoint {path} holds other state ({sorted(ckpt.get('state', {}))}); starting over",
-              file=sys.stderr)
+        note(f"[{name}] checkpoint {path} holds other state ({sorted(ckpt.get('state', {}))}); starting over")
         return 0, [], {}
     for key, obj in state.items():
         obj.load_state_dict(ckpt["state"][key])
     torch.set_rng_state(ckpt["rng"]["cpu"])
     if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    print(f"[{name}] resuming from step {ckpt['step']} ({path})", file=sys.stderr)
+    note(f"[{name}] resuming from step {ckpt['step']} ({path})")
     return ckpt["step"], ckpt["history"], ckpt["pending"]

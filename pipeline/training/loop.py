@@ -93,6 +93,11 @@ class Trainer:
         """
         start, history, pending = load_checkpoint(self.checkpoint_path, self.run_fingerprint, state, self.device,
                                                   self.name)
+        if on_log is not None:
+            # A resumed run reports the intervals logged before the interruption again, so its
+            # tracking run's curves cover every step (the killed attempt's run is marked killed).
+            for row in history:
+                on_log(row["step"], {k: v for k, v in row.items() if k != "step"})
         t0 = time.monotonic()
         bar = Progress(self.name, self.total_steps, start, self.progress)
         # Per-key sums stay on the device; a key absent from some steps is averaged over
