@@ -30,7 +30,9 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
 import struct
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DataError", "DEMO_PHOTOS", "VAL_STRIP", "SPLITS", "IMAGE_EXTENSIONS",
     "demo_photo_paths", "split_region", "demo_crop_boxes", "load_rgb",
-    "prepare_dataset", "load_split", "load_manifest",
+    "prepare_dataset", "load_split", "load_manifest", "check_source", "source_fingerprint",
 ]
 
 SPLITS = ("train", "val")
@@ -70,7 +72,7 @@ DEMO_PHOTOS: tuple[tuple[str, str], ...] = (
 # Share of each demo photo's width, on the right, that only validation crops may use.
 VAL_STRIP = 0.2
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 
 # Pillow's decoders report bad files with many exception types, not just OSError.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
@@ -247,12 +249,72 @@ def _split_files(relpaths: list[str], val_fraction: float, root: str) -> dict[st
             "val": [i for i, v in enumerate(is_val) if v]}
 
 
-def _walk(root: Path) -> tuple[list[Path], int]:
-    """Image files below ``root`` sorted by relative path, and the count of other files."""
-    files = sorted((p for p in root.rglob("*") if p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    return images, len(files) - len(images)
+def _files(root: Path) -> list[tuple[str, os.stat_result]]:
+    """Every file below ``root`` as (posix relative path, stat), sorted by path; one scandir
+    pass (no second stat per file)."""
+    out, stack = [], [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=True):
+                    out.append((Path(entry.path).relative_to(root).as_posix(), entry.stat()))
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """Image files below ``root`` sorted by relative path, and the other files' relative paths."""
+    files = [rel for rel, _ in _files(root)]
+    images = [root / rel for rel in files if Path(rel).suffix.lower() in IMAGE_EXTENSIONS]
+    return images, [rel for rel in files if Path(rel).suffix.lower() not in IMAGE_EXTENSIONS]
+
+
+def check_source(source: str, repo: Path, outputs: list[str]) -> None:
+    """``data.source`` must be 'demo' or a readable folder that is neither the repository (or a
+    folder above it) nor inside or around one of the pipeline's outputs (``outputs``, relative
+    to ``repo``) or the repository's git-tracked files: a source there would train on the
+    pipeline's own files."""
+    if source == "demo":
+        return
+    if not source.strip():
+        raise DataError("data.source: '' is not a folder; give 'demo' or the path of a folder of images")
+    root = Path(source).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"data.source: {source!r} is neither 'demo' nor an existing folder")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"data.source: {source!r} is not readable")
+    repo = repo.resolve()
+    if root == repo or root in repo.parents:
+        raise DataError(f"data.source: {source!r} contains the repository itself ({repo}); "
+                        "give a folder of images outside it")
+    for out in outputs:
+        out_path = (repo / out).resolve()
+        if root == out_path or out_path in root.parents or root in out_path.parents:
+            raise DataError(f"data.source: {source!r} overlaps the pipeline output {out}; "
+                            "give a folder of images outside the outputs")
+    if root.is_relative_to(repo):
+        tracked = subprocess.run(["git", "ls-files", "--", str(root)], cwd=repo, capture_output=True, text=True)
+        if tracked.returncode == 0 and tracked.stdout.strip():
+            raise DataError(f"data.source: {source!r} holds files git tracks "
+                            f"({tracked.stdout.split()[0]}, ...); give a folder of images outside the sources")
+
+
+def source_fingerprint(source: str) -> dict:
+    """What must change for ``prepare`` to rerun: for a folder, the sha256 of its listing (every
+    file's relative path, size and mtime in ns) and the file count; for 'demo', the photos'
+    paths and sizes. A content change that keeps a file's size and mtime (``touch -r``) is
+    not seen; anything that rewrites a file is."""
+    h = hashlib.sha256()
+    if source == "demo":
+        listing = [(f"{pkg}/{rel}", path.stat().st_size, 0) for (pkg, rel), path in zip(DEMO_PHOTOS, demo_photo_paths())]
+    else:
+        listing = [(rel, st.st_size, st.st_mtime_ns) for rel, st in _files(Path(source).expanduser())]
+    for rel, size, mtime in listing:
+        h.update(f"{rel}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape"))
+    return {"source": source, "files": len(listing), "listing_sha256": h.hexdigest()}
 
 
 def _warn_unreadable(root: str, unreadable: list[dict[str, str]]) -> None:
@@ -267,7 +329,8 @@ def _prepare_folder(params: DataParams) -> tuple[dict[str, np.ndarray], dict]:
     root = Path(params.source)
     if not root.is_dir():
         raise DataError(f"data.source: {params.source!r} is neither 'demo' nor an existing folder")
-    images, ignored = _walk(root)
+    images, ignored_files = _walk(root)
+    ignored = len(ignored_files)
     # Decode one file at a time into a preallocated array: no full-size image is kept.
     decoded = _empty(len(images), params.image_size)
     used: list[str] = []
@@ -293,6 +356,7 @@ def _prepare_folder(params: DataParams) -> tuple[dict[str, np.ndarray], dict]:
         "files_found": len(images) + ignored,
         "image_files": len(images),
         "ignored_files": ignored,
+        "ignored": ignored_files,          # not an image extension (IMAGE_EXTENSIONS), by name
         "used_files": len(used),
         "unreadable": unreadable,
         "unreadable_count": len(unreadable),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -200,14 +201,20 @@ class StageRun:
         signature = infer_signature(input_example, out.numpy())
         mlflow.set_tracking_uri(self.client.tracking_uri)
         # Fluent API on the existing run; the run's status is set by stage_run at the end.
+        # MLflow checks the example through pyfunc serving, which wants one output tensor; the
+        # autoencoder returns two (reconstruction, quantizer output), so that check's warning is
+        # silenced. mlflow.pytorch.load_model returns the module itself.
+        serving_check = logging.getLogger("mlflow.models.model")
+        level = serving_check.level
+        serving_check.setLevel(logging.ERROR)
         with mlflow.start_run(run_id=self.run_id):
             info = mlflow.pytorch.log_model(
                 module, name=name, input_example=input_example, signature=signature,
                 serialization_format="pickle",  # the default "pt2" (torch.export) cannot trace every quantizer
-                validate_serving_input=False,   # pyfunc serving wants one output tensor; the autoencoder gives two
                 code_paths=[str(Path(__file__).resolve().parent)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
                 tags={"dvc.path": str(dvc_path), "dvc.md5": dvc_md5(dvc_path)})
+        serving_check.setLevel(level)
         self.set_tags({f"model.{name}.uri": info.model_uri})
 
 

@@ -7,13 +7,14 @@ A stage module is ``work(p, paths, run) -> StageResult`` plus ``run_stage("<name
 2. reads the stage's paths from dvc.yaml's ``vars: paths`` (the one place a path is written:
    the stage definitions there use the same names) and the params keys the stage depends on
    (its ``params:`` list in dvc.yaml, templates resolved);
-3. runs ``work`` as a Prefect flow (one task) inside an MLflow child run that records those
-   params, the step-wise metrics ``work`` logs through ``run``, the summary it returns (also on
-   the parent run, under ``<stage>/``), its models by reference and its artifacts;
-4. ends a user error (bad data, missing upstream output) with "error: ..." and exit status 2.
-
-Without a configured Prefect API the flow runs against Prefect's local temporary server, so
-stages work offline.
+3. runs a Prefect flow (stages/prefect_run.py: its server, crashed runs, log forwarding) with
+   those params as parameters, inside an MLflow child run (pipeline/tracking.py), in four tasks:
+   link the two runs, log params and the prepared dataset, ``work``, and log results (the
+   summary, also on the parent under ``<stage>/``; MLflow models; artifacts; DVC's md5 of each
+   output; the summaries of the stages that did not rerun, from the runs that produced their
+   current outputs);
+4. ends a user error (pipeline/errors.py ``UserError``: bad data, a missing or corrupt file)
+   with one "error: ..." line and exit status 2, no traceback unless ``NSVQ_DEBUG=1``.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def load_params():
     return _load(PARAMS)
 
 
-def _dvc_yaml() -> dict:
+def dvc_yaml() -> dict:
     import yaml
 
     return yaml.safe_load(DVC_YAML.read_text())
@@ -76,7 +77,7 @@ def _vars(spec: dict) -> dict:
 
 def stage_paths(spec: dict | None = None) -> SimpleNamespace:
     """dvc.yaml's ``vars: paths`` as Paths (``paths.vq_model``), plus ``paths.checkpoint(stage)``."""
-    paths = {k: Path(v) for k, v in _vars(spec or _dvc_yaml())["paths"].items()}
+    paths = {k: Path(v) for k, v in _vars(spec or dvc_yaml())["paths"].items()}
     return SimpleNamespace(**paths, checkpoint=lambda stage: paths["checkpoints"] / f"{stage}.pt")
 
 
@@ -89,7 +90,7 @@ def _dotted(tree: Any, key: str) -> Any:
 def stage_param_keys(stage: str, raw_params: dict, spec: dict | None = None) -> list[str]:
     """The params keys dvc.yaml lists for ``stage``, ``${...}`` templates resolved against
     params.yaml (as DVC resolves them)."""
-    spec = spec or _dvc_yaml()
+    spec = spec or dvc_yaml()
     scope = {**raw_params, **_vars(spec)}
     keys = []
     for entry in spec["stages"][stage].get("params", []):
@@ -149,7 +150,7 @@ def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult
     debug = bool(os.environ.get("NSVQ_DEBUG"))
     try:
         p = load_params()
-        spec = _dvc_yaml()
+        spec = dvc_yaml()
         paths = stage_paths(spec)
         params = stage_params(name, p)
     except UserError as e:

@@ -423,3 +423,51 @@ def test_manifest_is_sorted_json_with_hashes(demo):
     assert text == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     for name, digest in manifest["sha256"].items():
         assert hashlib.sha256((demo / name).read_bytes()).hexdigest() == digest
+
+
+def test_the_source_must_be_outside_the_repository_and_its_outputs(tmp_path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "code").mkdir(parents=True)
+    (repo / "code" / "a.py").write_text("x = 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    outside = tmp_path / "images"
+    outside.mkdir()
+    data.check_source("demo", repo, ["data/prepared"])
+    data.check_source(str(outside), repo, ["data/prepared"])
+    for source, why in [("", "is not a folder"), (str(repo), "contains the repository"),
+                        (str(tmp_path), "contains the repository"), (str(repo / "code"), "files git tracks"),
+                        (str(repo / "data"), "overlaps the pipeline output data/prepared"),
+                        (str(tmp_path / "nowhere"), "neither 'demo' nor an existing folder")]:
+        if source.endswith("data"):
+            (repo / "data").mkdir(exist_ok=True)
+        with pytest.raises(DataError, match=why):
+            data.check_source(source, repo, ["data/prepared"])
+
+
+def test_the_fingerprint_sees_a_file_added_removed_or_rewritten(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"1")
+    first = data.source_fingerprint(str(src))
+    assert first["files"] == 1 and data.source_fingerprint(str(src)) == first
+    (src / "b.png").write_bytes(b"2")
+    second = data.source_fingerprint(str(src))
+    (src / "a.png").write_bytes(b"11")
+    third = data.source_fingerprint(str(src))
+    (src / "b.png").unlink()
+    fourth = data.source_fingerprint(str(src))
+    assert len({first["listing_sha256"], second["listing_sha256"], third["listing_sha256"],
+                fourth["listing_sha256"]}) == 4
+
+
+def test_gif_is_read_and_other_files_are_named(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("P", (12, 12), 5).save(src / "a.gif")
+    Image.new("RGB", (12, 12), (9, 9, 9)).save(src / "b.png")
+    (src / "readme.md").write_text("hi")
+    manifest = prepare_dataset(params(source=str(src)), tmp_path / "out")
+    assert manifest["used_files"] == 2 and manifest["ignored"] == ["readme.md"]

@@ -5,7 +5,10 @@ param reruns only the stages that read it and those downstream (another method's
 leave the pipeline up to date), the skip paths (refine_gan.steps 0, train_prior.steps 0), that
 prepare is byte-deterministic (a forced rerun leaves the pipeline up to date), that every
 stage's dvc.yaml deps cover the code it runs, and that a bad param stops a stage before it
-writes anything.
+writes anything. Then what a hostile user tried: user failures end in one error line, a typo'd
+params section fails the repro before any output is deleted, a changed source folder reruns
+prepare, a run's models and summaries are found from MLflow (and partial reruns' parents compare),
+and a stage killed with SIGKILL leaves no server behind and its runs marked.
 """
 from __future__ import annotations
 
@@ -85,11 +88,15 @@ def workdir(tmp_path_factory, prefect_api_url):
 
 
 def _repro(root: Path, env: dict, *args: str) -> list[str]:
-    """Run `dvc repro` and return the stages it ran, in order."""
+    """Run `dvc repro` and return the stages it ran, in order, after `check` (which runs first,
+    every time, unless a single other stage is forced)."""
     out = subprocess.run([sys.executable, "-m", "dvc", "repro", *args], cwd=root, env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    return re.findall(r"Running stage '([^']+)'", out.stdout)
+    ran = re.findall(r"Running stage '([^']+)'", out.stdout)
+    if "--single-item" not in args:
+        assert ran[:1] == ["check"], ran
+    return [s for s in ran if s != "check"]
 
 
 def _mlflow_children(root: Path):
@@ -143,14 +150,12 @@ def test_full_pipeline_then_selective_reruns(workdir):
     vq_run = by_stage["train_vq"]
     assert len(client.get_metric_history(vq_run.info.run_id, "loss")) == 6          # step-wise, every 5 steps
     assert vq_run.data.params["quantizer.method"] == "nsvq"
-    assert "checkpoint_reference.json" in {a.path for a in client.list_artifacts(vq_run.info.run_id)}
     gan_run = by_stage["refine_gan"]
     for key in ("d_loss", "nll_loss", "logits_real", "logits_fake"):
         assert _metric_steps(client, gan_run, key) == [2, 4, 6], key
     for key in ("g_loss", "adaptive_weight"):                                         # after the warm-up
         assert _metric_steps(client, gan_run, key) == [4, 6], key
-    assert {"refine_gan_grid.png", "loss_refine_gan.csv", "checkpoint_reference.json"} <= \
-        {a.path for a in client.list_artifacts(gan_run.info.run_id)}
+    assert {"refine_gan_grid.png", "loss_refine_gan.csv"} <= {a.path for a in client.list_artifacts(gan_run.info.run_id)}
     prior_run = by_stage["train_prior"]
     assert _metric_steps(client, prior_run, "loss") == [5, 10, 15, 20, 25, 30]
     assert prior_run.data.metrics["val_bits_per_token"] == pytest.approx(metrics["bits_per_token"], rel=1e-5)
@@ -159,6 +164,7 @@ def test_full_pipeline_then_selective_reruns(workdir):
         assert parents[0].data.metrics[key] == pytest.approx(metrics[key], rel=1e-4), key
         assert by_stage["evaluate"].data.metrics[key] == pytest.approx(metrics[key], rel=1e-4), key
     assert parents[0].data.metrics["refine_gan/val_tokens_changed"] == 0
+    _check_lineage(root, client, parents[0], by_stage)
     assert parents[0].data.params["train_vq.track_steps"] == "20"
     assert parents[0].data.params["train_prior.layers"] == "1"
 
@@ -182,6 +188,10 @@ def test_full_pipeline_then_selective_reruns(workdir):
     assert _repro(root, env, "--force", "--single-item", "prepare") == ["prepare"]
     assert _repro(root, env) == []
     assert _repro(root, env, "--force", "--single-item", "kmeans_init") == ["kmeans_init"]
+    assert _repro(root, env) == []
+    # A retrained stage (same inputs, another wall time) changes no tracked file: nothing
+    # downstream reruns.
+    assert _repro(root, env, "--force", "--single-item", "train_vq") == ["train_vq"]
     assert _repro(root, env) == []
 
     # Another method's options change nothing here; the method's own options rerun train_vq and
@@ -215,10 +225,58 @@ def test_full_pipeline_then_selective_reruns(workdir):
 
     _, runs = _mlflow_children(root)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 6   # full run, forced prepare, nsvq change, train_vq change, evaluate change, skip paths
+    # full run, forced prepare (+ kmeans_init, train_vq: no child of theirs yet), nsvq change,
+    # train_vq change, evaluate change, skip paths
+    assert len(parents) == 6
     last = [r.data.tags["nsvq.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
     assert last == ["refine_gan", "train_prior", "evaluate"]
     assert "gfid" not in parents[-1].data.metrics and "rfid" in parents[-1].data.metrics
+    # Partial reruns compare with the full run: every stage's summary is on every parent (a
+    # stage that did not rerun contributes the run that produced its current outputs).
+    full = set(parents[0].data.metrics)
+    evaluate_only = parents[4]
+    assert [r.data.tags["nsvq.stage"] for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == evaluate_only.info.run_id] == ["evaluate"]
+    assert set(evaluate_only.data.metrics) == full
+    upstream = {k for k in full if k.split("/")[0] in ("prepare", "pretrain", "kmeans_init", "train_vq")}
+    assert upstream and upstream <= set(parents[-1].data.metrics)
+    first_vq = evaluate_only.data.tags["nsvq.summary_from.train_vq"]
+    assert evaluate_only.data.metrics["train_vq/final_loss"] == client.get_run(first_vq).data.metrics["final_loss"]
+
+
+def _check_lineage(root: Path, client, parent, by_stage) -> None:
+    """Models in MLflow, DVC hashes on the runs, the dataset as input, names, experiment kind."""
+    import mlflow
+    import torch
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    for stage, run in by_stage.items():
+        outs = {o["path"]: o["md5"] for o in lock[stage]["outs"]}
+        tagged = {k.split(":", 1)[1]: v for k, v in run.data.tags.items() if k.startswith("dvc.md5:")}
+        assert tagged and tagged == {k: v for k, v in outs.items() if k in tagged}, stage   # files and .dir hashes
+        assert run.info.run_name == f"nsvq K=16 {stage}"
+        assert run.data.tags["prefect.flow_run_id"]
+    assert parent.info.run_name == "nsvq K=16"
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    manifest = json.loads((root / "data" / "prepared" / "manifest.json").read_text())
+    for run in (parent, by_stage["train_vq"]):
+        (ds,) = {d.dataset.name: d for d in client.get_run(run.info.run_id).inputs.dataset_inputs}.values()
+        assert json.loads(ds.dataset.profile)["shards_sha256"] == manifest["sha256"]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    gan = by_stage["refine_gan"]
+    tokenizer = mlflow.pytorch.load_model(f"runs:/{gan.info.run_id}/tokenizer")
+    from pipeline.models.io import load_autoencoder
+
+    on_disk, _ = load_autoencoder(root / "models" / "tokenizer.pt")
+    for (k, a), b in zip(on_disk.state_dict().items(), tokenizer.state_dict().values()):
+        assert torch.equal(a, b), k
+    prior = mlflow.pytorch.load_model(f"runs:/{by_stage['train_prior'].info.run_id}/prior")
+    assert prior(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 16)
+    model_tags = [m.tags for m in client.search_logged_models([exp.experiment_id])]
+    assert {"dvc.path": "models/tokenizer.pt", "dvc.md5": {o["path"]: o["md5"] for o in
+            lock["refine_gan"]["outs"]}["models/tokenizer.pt"]}.items() <= {
+        k: v for t in model_tags for k, v in t.items() if t.get("dvc.path") == "models/tokenizer.pt"}.items()
 
 
 def test_bad_param_stops_stage_before_writing(workdir, tmp_path):
@@ -231,3 +289,131 @@ def test_bad_param_stops_stage_before_writing(workdir, tmp_path):
     assert out.returncode == 2
     assert "train_vq.lr: -1.0 is out of range" in out.stderr
     assert not (bad / "models").exists() and not (bad / "mlflow.db").exists()
+
+
+def _copy_with_outputs(root: Path, dest: Path) -> Path:
+    """A copy of the run repository with its outputs, DVC state and MLflow store."""
+    shutil.copytree(root, dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".imports"))
+    return dest
+
+
+def _stage(root: Path, env: dict, stage: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _one_error_line(out: subprocess.CompletedProcess, *needles: str) -> None:
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    assert all(n in errors[0] for n in needles), errors
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_user_failures_end_in_one_error_line(workdir, tmp_path):
+    root, env = workdir
+    bad = _copy_with_outputs(root, tmp_path / "bad")
+    vq = bad / "models" / "vq.pt"
+    vq.unlink()                                      # DVC's cache holds it; a link would corrupt that
+    vq.write_bytes((root / "models" / "vq.pt").read_bytes()[:5000])
+    _one_error_line(_stage(bad, env, "refine_gan"), "models/vq.pt", "unreadable model file")
+    _set_params(bad, {"quantizer": {"codebook_size": 100000}})
+    _one_error_line(_stage(bad, env, "kmeans_init"), "quantizer.codebook_size", "100000")
+    _set_params(bad, {"quantizer": {"codebook_size": 16}, "data": {"source": str(tmp_path / "nowhere")}})
+    _one_error_line(_stage(bad, env, "prepare"), "data.source", "nowhere")
+
+
+def test_every_param_is_checked_before_any_output_is_deleted(workdir, tmp_path):
+    root, env = workdir
+    bad = _copy_with_outputs(root, tmp_path / "typo")
+    before = {p: p.read_bytes() for p in (bad / "models").iterdir()}
+    with open(bad / "params.yaml", "a") as f:
+        f.write("trian_vq:\n  lr: 0.1\n")
+    _set_params(bad, {"train_vq": {"lr": 0.002}})     # train_vq and after would rerun
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=bad, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode != 0
+    assert "error: params.yaml: unknown key trian_vq" in out.stderr
+    assert re.findall(r"Running stage '([^']+)'", out.stdout) == ["check"]
+    assert {p: p.read_bytes() for p in (bad / "models").iterdir()} == before
+
+
+def test_a_changed_source_folder_reruns_prepare(workdir, tmp_path):
+    from PIL import Image
+
+    root, env = workdir
+    repo = _copy_with_outputs(root, tmp_path / "folder")
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(6):
+        Image.new("RGB", (40, 40), (40 * i, 0, 0)).save(src / f"{i}.png")
+    Image.new("P", (40, 40), 3).save(src / "palette.gif")
+    (src / "notes.txt").write_text("not an image")
+    _set_params(repo, {"data": {"source": str(src)}})
+    assert _repro(repo, env, "prepare") == ["prepare"]
+    manifest = json.loads((repo / "data" / "prepared" / "manifest.json").read_text())
+    assert manifest["used_files"] == 7 and manifest["ignored"] == ["notes.txt"]      # the .gif is read
+    assert _repro(repo, env, "prepare") == []
+    Image.new("RGB", (40, 40), (0, 9, 0)).save(src / "new.png")                        # add
+    assert _repro(repo, env, "prepare") == ["prepare"]
+    (src / "0.png").unlink()                                                          # remove
+    assert _repro(repo, env, "prepare") == ["prepare"]
+    Image.new("RGB", (40, 40), (0, 0, 200)).save(src / "1.png")                       # rewrite
+    assert _repro(repo, env, "prepare") == ["prepare"]
+    assert _repro(repo, env, "prepare") == []
+    _set_params(repo, {"data": {"source": str(repo)}})
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and "contains the repository itself" in out.stderr
+
+
+def _prefect_server_children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"create_app" in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_killed_stage_leaves_no_process_and_its_runs_are_marked(workdir, tmp_path):
+    import signal
+    import sqlite3
+    import time
+
+    root, env = workdir
+    repo = _copy_with_outputs(root, tmp_path / "kill")
+    _set_params(repo, {"pretrain": {"steps": 400, "checkpoint_every": 20, "log_every": 20}})
+    # No PREFECT_API_URL: the stage starts its own server (in a Prefect home of its own).
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = repo / "checkpoints" / "pretrain.pt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    servers = _prefect_server_children(proc.pid)
+    assert checkpoint.exists() and proc.poll() is None and servers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{s}").exists() for s in servers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{s}").exists() for s in servers), "the stage's Prefect server outlived it"
+
+    out = _stage(repo, env, "pretrain")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from step" in out.stderr
+    client, runs = _mlflow_children(repo)
+    attempts = [r for r in runs if r.data.tags.get("nsvq.stage") == "pretrain"][-2:]
+    assert [r.info.status for r in attempts] == ["KILLED", "FINISHED"]
+    assert attempts[0].data.tags["mlflow.parentRunId"] == attempts[1].data.tags["mlflow.parentRunId"]
+    assert _metric_steps(client, attempts[1], "loss") == list(range(20, 401, 20))     # every step, one run
+    with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as db:
+        states = db.execute("select state_type from flow_run where name like '%pretrain' order by created").fetchall()
+    assert [s for (s,) in states] == ["CRASHED", "COMPLETED"]

@@ -92,3 +92,33 @@ def test_log_summary_logs_numbers_to_the_stage_and_the_parent(store):
     assert client.get_run(r.parent_id).data.metrics == {"train_prior/bits_per_token": 4.5,
                                                         "train_prior/steps": 10.0, "rfid": 3.0}
     assert client.get_run(g.run_id).data.metrics == {"d_loss": 0.5}
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_killed(store):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "print(__import__('os').getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    token = f"{tracking.process_token().rsplit(':', 2)[0]}:{pid}:?"
+    assert not tracking.token_alive(token) and tracking.token_alive(tracking.process_token())
+    with tracking.stage_run("train_vq") as first:
+        first.client.set_tag(first.run_id, tracking.PROCESS_TAG, token)   # as if that process had run it
+        first.client.set_terminated(first.run_id, "RUNNING")
+        client = first.client
+    client.update_run(first.run_id, status="RUNNING")
+    with tracking.stage_run("train_vq") as second:
+        pass
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    assert second.parent_id == first.parent_id        # a killed attempt does not count as done
+
+
+def test_runs_are_named_by_method_and_codebook_size(store, monkeypatch):
+    (store / "params.yaml").write_text("quantizer: {method: ema, codebook_size: 64}\n")
+    monkeypatch.setenv("DVC_EXP_NAME", "wide")
+    with tracking.stage_run("train_vq") as r:
+        pass
+    client, runs = _runs(store)
+    assert {x.info.run_name for x in runs} == {"wide ema K=64", "wide ema K=64 train_vq"}
+    assert client.get_experiment_by_name("nsvq-pipeline").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert r.parent_id
