@@ -209,7 +209,7 @@ def test_full_pipeline_then_selective_reruns(workdir):
     _set_params(root, {"train_prior": {"temperature": 0.9}})
     status = json.loads(subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=env,
                                        capture_output=True, text=True, check=True).stdout)
-    assert set(status) == {"train_prior"}, status
+    assert set(status) == {"check", "train_prior"}, status      # check: always_changed
     _set_params(root, {"train_prior": {"temperature": 1.0}})
 
     # The skip paths: refine_gan.steps 0 passes vq.pt through, train_prior.steps 0 trains no prior.
