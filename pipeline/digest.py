@@ -17,12 +17,17 @@ from pathlib import Path
 from .atomic import atomic_path
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
+def file_hash(path: str | Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    return file_hash(path, "sha256")
 
 
 def _key(path: Path) -> dict:
@@ -69,4 +74,4 @@ def stamp_file(folder: str | Path) -> Path:
     return folder.with_name(f".{folder.name}.verified.json")
 
 
-__all__ = ["file_sha256", "remember_verified", "verify_file", "stamp_file"]
+__all__ = ["file_hash", "file_sha256", "remember_verified", "verify_file", "stamp_file"]

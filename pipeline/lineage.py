@@ -13,21 +13,15 @@ import hashlib
 import json
 from pathlib import Path
 
-
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+from .digest import file_hash
 
 
 def dvc_md5(path: str | Path) -> str:
     """The hash DVC records for output ``path`` (a file or a folder)."""
     path = Path(path)
     if not path.is_dir():
-        return _file_md5(path)
-    entries = [{"md5": _file_md5(f), "relpath": f.relative_to(path).as_posix()}
+        return file_hash(path, "md5")
+    entries = [{"md5": file_hash(f, "md5"), "relpath": f.relative_to(path).as_posix()}
                for f in path.rglob("*") if f.is_file()]
     entries.sort(key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"

@@ -117,10 +117,11 @@ def pipeline_key(params_path: Path) -> str:
 class StageRun:
     """Handle a stage uses to log to its child run (thin wrapper over MlflowClient)."""
 
-    def __init__(self, client, run_id: str, parent_id: str):
+    def __init__(self, client, run_id: str, parent_id: str, experiment_id: str = ""):
         self.client = client
         self.run_id = run_id
         self.parent_id = parent_id
+        self.experiment_id = experiment_id
         self.failed = False
 
     def log_params(self, params: Mapping[str, Any], prefix: str = "", parent: bool = False) -> None:
@@ -297,7 +298,7 @@ def stage_run(stage: str, params_path: str | Path = "params.yaml", tags: Mapping
     client.set_tag(parent_id, PROCESS_TAG, common[PROCESS_TAG])
     run = client.create_run(exp_id, run_name=run_name(stage, raw_params),
                             tags={"mlflow.parentRunId": parent_id, STAGE_TAG: stage, **common})
-    handle = StageRun(client, run.info.run_id, parent_id)
+    handle = StageRun(client, run.info.run_id, parent_id, exp_id)
     status = "FAILED"
     try:
         yield handle

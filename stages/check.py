@@ -18,13 +18,11 @@ file-system cache warm (measured on this 2-core machine, 100 folders x 1,000 fil
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 from pipeline.data import check_source, source_fingerprint
 from pipeline.errors import UserError
-from stages.common import dvc_yaml, load_params, stage_paths, stage_products, write_atomic
+from stages.common import dvc_yaml, exit_on_user_error, load_params, stage_paths, stage_products, write_atomic
 
 
 def main() -> None:
@@ -36,10 +34,7 @@ def main() -> None:
         check_source(p.data.source, Path.cwd(), outputs)
         text = json.dumps(source_fingerprint(p.data.source), indent=2, sort_keys=True) + "\n"
     except UserError as e:
-        if os.environ.get("NSVQ_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_user_error(e)
     target = Path(paths.source_fingerprint)
     if not target.exists() or target.read_text() != text:
         write_atomic(target, text)

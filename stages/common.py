@@ -9,9 +9,9 @@ A stage module is ``work(p, paths, run) -> StageResult`` plus ``run_stage("<name
    (its ``params:`` list in dvc.yaml, templates resolved);
 3. runs a Prefect flow (stages/prefect_run.py: its server, crashed runs, log forwarding) with
    those params as parameters, inside an MLflow child run (pipeline/tracking.py), in four tasks:
-   link the two runs, log params and the prepared dataset, ``work``, and log results (the
-   summary, also on the parent under ``<stage>/``; MLflow models; artifacts; DVC's md5 of each
-   output; the summaries of the stages that did not rerun, from the runs that produced their
+   link the two runs, log params, ``work``, and log results (the summary, also on the parent
+   under ``<stage>/``; MLflow models; artifacts; DVC's md5 of each output; the prepared dataset
+   as the run's input; the summaries of the stages that did not rerun, from the runs that produced their
    current outputs);
 4. ends a user error (pipeline/errors.py ``UserError``: bad data, a missing or corrupt file)
    with one "error: ..." line and exit status 2, no traceback unless ``NSVQ_DEBUG=1``.
@@ -138,7 +138,11 @@ def downstream(stage: str, spec: dict) -> set[str]:
     return found
 
 
-def _exit_user_error(e: BaseException) -> None:
+def exit_on_user_error(e: BaseException) -> None:
+    """End the process for a user error: one "error:" line and exit status 2 (``NSVQ_DEBUG=1``:
+    raise it, with its traceback)."""
+    if os.environ.get("NSVQ_DEBUG"):
+        raise e
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
@@ -154,9 +158,7 @@ def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult
         paths = stage_paths(spec)
         params = stage_params(name, p)
     except UserError as e:
-        if debug:
-            raise
-        _exit_user_error(e)
+        exit_on_user_error(e)
     from prefect import flow, tags
 
     from stages.prefect_run import crash_orphaned_flow_runs, forward_library_logs, process_tag, use_prefect_api
@@ -171,13 +173,13 @@ def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult
 
         with stage_run(name, tags={"nsvq.headline": "1"} if headline else None) as run:
             stage_task(link_flow_run, name="link runs")(run)
-            stage_task(log_inputs, name="log params and data")(run, params, p, paths, headline)
+            stage_task(log_params, name="log params")(run, params, p, headline)
             state = stage_task(_guarded(work, user_error, debug), name=name)(p, paths, run, return_state=True)
             if user_error:
                 run.fail()
                 return Failed(message=f"error: {user_error[0]}")
             result = state.result()
-            stage_task(log_results, name="log results")(run, name, result, spec, headline)
+            stage_task(log_results, name="log results")(run, name, result, spec, paths, headline)
 
     try:
         use_prefect_api()
@@ -188,13 +190,11 @@ def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult
         if not user_error and state.is_failed():
             state.result()           # an unexpected error: raised again, with its traceback
     except UserError as e:           # raised outside the stage's work (a tracking input)
-        if debug:
-            raise
-        user_error.append(e)
+        exit_on_user_error(e)
     finally:
         _record_imports()
     if user_error:
-        _exit_user_error(user_error[0])
+        exit_on_user_error(user_error[0])
 
 
 def run_name_of(stage: str, p) -> str:
@@ -227,27 +227,24 @@ def link_flow_run(run) -> None:
     from prefect.runtime import flow_run
 
     run.set_tags({"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name})
-    exp = run.client.get_run(run.run_id).info.experiment_id
     ui = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
-    create_link_artifact(link=f"{ui}/#/experiments/{exp}/runs/{run.run_id}", link_text=f"MLflow run {run.run_id}",
+    create_link_artifact(link=f"{ui}/#/experiments/{run.experiment_id}/runs/{run.run_id}", link_text=f"MLflow run {run.run_id}",
                          description="The MLflow run of this stage (its params, curves, models)")
 
 
-def log_inputs(run, params: dict, p, paths, headline: bool) -> None:
+def log_params(run, params: dict, p, headline: bool) -> None:
     from pipeline.configbase import flatten, to_dict
 
     run.log_params(params)
     if headline:
         run.log_params(flatten(to_dict(p)), parent=True)
-    manifest = Path(paths.prepared) / "manifest.json"
-    if manifest.exists():
-        run.log_dataset(manifest, "evaluation" if headline else "training")
 
 
-def log_results(run, name: str, result: StageResult, spec: dict, headline: bool) -> None:
+def log_results(run, name: str, result: StageResult, spec: dict, paths, headline: bool) -> None:
     """The stage's summary (its run and the parent), its models, its artifacts, DVC's hash of
-    each output; then the parent gets the summary of every other stage that did not rerun,
-    from the run that produced that stage's current outputs."""
+    each output, the prepared dataset (after the work: prepare has just written it); then the
+    parent gets the summary of every other stage that did not rerun, from the run that
+    produced that stage's current outputs."""
     from pipeline.lineage import dvc_md5
 
     run.log_summary(result.summary, parent_prefix="" if headline else name)
@@ -257,8 +254,9 @@ def log_results(run, name: str, result: StageResult, spec: dict, headline: bool)
     for path in result.artifacts:
         if Path(path).exists():
             run.log_artifact(path)
-    if "manifest.json" in {Path(a).name for a in result.artifacts}:     # prepare: its own output is the data
-        run.log_dataset(next(a for a in result.artifacts if Path(a).name == "manifest.json"), "training")
+    manifest = Path(paths.prepared) / "manifest.json"
+    if manifest.exists():
+        run.log_dataset(manifest, "evaluation" if headline else "training")
     fill_parent(run, name, spec)
 
 
@@ -271,7 +269,7 @@ def fill_parent(run, name: str, spec: dict) -> None:
     from pipeline.lineage import lock_outs
     from pipeline.tracking import STAGE_TAG, SUMMARY_TAG, producer_run
 
-    exp = run.client.get_run(run.run_id).info.experiment_id
+    exp = run.experiment_id
     ran = {r.data.tags.get(STAGE_TAG) for r in run.client.search_runs(
         [exp], filter_string=f"tags.mlflow.parentRunId = '{run.parent_id}' and attributes.status != 'KILLED'")}
     later = downstream(name, spec)
