@@ -309,6 +309,23 @@ def stage_run(stage: str, params_path: str | Path = "params.yaml", tags: Mapping
         client.set_terminated(parent_id, status)
 
 
+def experiment_stage_metric(root: Path, stage: str, exp_names: list[str], key: str) -> dict[str, float]:
+    """{DVC experiment name: ``key``} of the newest finished run of ``stage`` in each named
+    experiment (runs carry ``dvc.exp_name``); names without such a run are left out."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(root))
+    exp = client.get_experiment_by_name(os.environ.get("NSVQ_EXPERIMENT", "nsvq-pipeline"))
+    out: dict[str, float] = {}
+    for name in exp_names if exp is not None else []:
+        runs = client.search_runs([exp.experiment_id], filter_string=(
+            f"tags.`{STAGE_TAG}` = '{stage}' and tags.`dvc.exp_name` = '{name}' and attributes.status = 'FINISHED'"),
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if runs and key in runs[0].data.metrics:
+            out[name] = runs[0].data.metrics[key]
+    return out
+
+
 def producer_run(client, exp_id: str, stage: str, path: str, md5: str):
     """The newest finished run of ``stage`` that recorded ``md5`` for output ``path``, or None."""
     runs = client.search_runs([exp_id], filter_string=(

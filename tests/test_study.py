@@ -27,8 +27,7 @@ def _exp(name: str, method: str, k: int, rfid: float, track: int = 300) -> dict:
     data = {"rev": name + "-sha",
             "metrics": {"reports/metrics.json": {"data": {"codebook_usage": 0.75, "perplexity": 80.5, "rfid": rfid,
                                                           "lpips": 0.21, "ssim": 0.7, "psnr": 24.5, "method": method,
-                                                          "codebook_size": k}},
-                        "reports/train_vq.json": {"data": {"train_seconds": 123.4, "steps": 400}}},
+                                                          "codebook_size": k}}},
             "params": {"params.yaml": {"data": {"quantizer": {"method": method, "codebook_size": k},
                                                 "train_vq": {"track_steps": track, "freeze_steps": 100}}}}}
     return {"rev": name + "-sha", "name": name, "data": data, "error": None, "experiments": None}
@@ -52,7 +51,8 @@ def test_table_from_exp_show_keeps_failures_and_checks_the_budget(tmp_path):
                                                       "study-vq-k512"]
     cells = [_cell("vq", 128), _cell("nsvq", 128), _cell("ema", 128), _cell("fc", 128),
              _cell("gumbel", 128, "failed", "error: train_vq: loss is nan"), _cell("vq", 512)]
-    df = build_table(cells, show, BUDGET)
+    times = {c["name"]: 123.4 for c in cells}      # train_vq wall times, from MLflow
+    df = build_table(cells, show, BUDGET, times)
     assert list(df.columns) == COLUMNS
     # K-major; within K the best rFID first, failed cells last
     assert list(zip(df["method"], df["K"])) == [("nsvq", 128), ("vq", 128), ("ema", 128), ("fc", 128),

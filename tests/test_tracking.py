@@ -122,3 +122,12 @@ def test_runs_are_named_by_method_and_codebook_size(store, monkeypatch):
     assert {x.info.run_name for x in runs} == {"wide ema K=64", "wide ema K=64 train_vq"}
     assert client.get_experiment_by_name("nsvq-pipeline").tags["mlflow.experimentKind"] == "custom_model_development"
     assert r.parent_id
+
+
+def test_a_stage_metric_is_found_by_dvc_experiment_name(store, monkeypatch):
+    for name, seconds in (("study-vq-k16", 12.5), ("study-ema-k16", 30.0)):
+        monkeypatch.setenv("DVC_EXP_NAME", name)
+        with tracking.stage_run("train_vq") as r:
+            r.log_summary({"train_seconds": seconds})
+    assert tracking.experiment_stage_metric(store, "train_vq", ["study-vq-k16", "study-ema-k16", "nope"],
+                                            "train_seconds") == {"study-vq-k16": 12.5, "study-ema-k16": 30.0}

@@ -87,7 +87,10 @@ def study_cell(root: Path, method: str, k: int, budget: dict[str, str], api_url:
 
 @task(retries=0, cache_policy=NO_CACHE)
 def collect(root: Path, cells: list[dict], budget: dict[str, str], api_url: str | None):
-    return build_table(cells, exp_show(root, cell_env(root, api_url)), budget)
+    from ..tracking import experiment_stage_metric
+
+    times = experiment_stage_metric(root, "train_vq", [c["name"] for c in cells], "train_seconds")
+    return build_table(cells, exp_show(root, cell_env(root, api_url)), budget, times)
 
 
 @flow(name="methods_study")

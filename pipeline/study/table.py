@@ -4,8 +4,10 @@ Per experiment (found by its name under the current baseline) the table takes, f
 experiment's own commit:
 
     reports/metrics.json    codebook_usage -> usage, perplexity, rfid, lpips, ssim, psnr
-    reports/train_vq.json   train_seconds
     params.yaml             the budget keys, checked against the requested overrides
+
+and from MLflow (``train_seconds``: a wall time, so it is not in DVC's tracked reports) the
+train_vq run of the experiment.
 
 A cell that failed, whose experiment is missing, or whose experiment ran another method,
 K or budget than asked is kept as a row with status "failed" and the reason in ``error``:
@@ -58,8 +60,9 @@ def _file_data(data: dict, kind: str, path: str) -> dict:
     return entry.get("data") or {}
 
 
-def row_for(cell: dict, data: dict | None, overrides: dict[str, str]) -> dict:
-    """One table row from a cell run (CellRun.as_dict()) and its experiment's exp-show data."""
+def row_for(cell: dict, data: dict | None, overrides: dict[str, str], train_seconds: float | None = None) -> dict:
+    """One table row from a cell run (CellRun.as_dict()), its experiment's exp-show data and
+    its train_vq wall time (from MLflow)."""
     row = {c: None for c in COLUMNS}
     row.update(method=cell["method"], K=cell["K"], wall_seconds=round(cell["wall_seconds"], 1),
                status=cell["status"], error=cell["error"])
@@ -68,11 +71,10 @@ def row_for(cell: dict, data: dict | None, overrides: dict[str, str]) -> dict:
     if data is None:
         return {**row, "status": "failed", "error": f"experiment {cell['name']} not found in dvc exp show"}
     metrics = _file_data(data, "metrics", "reports/metrics.json")
-    train = _file_data(data, "metrics", "reports/train_vq.json")
     params = _file_data(data, "params", "params.yaml")
     for col, key in METRIC_KEYS.items():
         row[col] = metrics.get(key)
-    row["train_seconds"] = train.get("train_seconds")
+    row["train_seconds"] = train_seconds
     problems = []
     if metrics.get("method") != cell["method"] or metrics.get("codebook_size") != cell["K"]:
         problems.append(f"metrics are of {metrics.get('method')} K={metrics.get('codebook_size')}")
@@ -87,12 +89,13 @@ def row_for(cell: dict, data: dict | None, overrides: dict[str, str]) -> dict:
     return row
 
 
-def build_table(cells: list[dict], show: Any, overrides: dict[str, str]):
-    """DataFrame with one row per cell, sorted by K, then rFID (best first), failures last."""
+def build_table(cells: list[dict], show: Any, overrides: dict[str, str], train_seconds: dict[str, float]):
+    """DataFrame with one row per cell, sorted by K, then rFID (best first), failures last.
+    ``train_seconds``: {experiment name: train_vq wall time}."""
     import pandas as pd
 
     found = dict(iter_experiments(show))
-    rows = [row_for(c, found.get(c["name"]), overrides) for c in cells]
+    rows = [row_for(c, found.get(c["name"]), overrides, train_seconds.get(c["name"])) for c in cells]
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["_failed"] = df["status"] != "ok"
     df = df.sort_values(["K", "_failed", "rfid", "method"], na_position="last", kind="mergesort")
