@@ -23,12 +23,22 @@ class DataParams:
     demo_val_crops: int = param(128, ge=1)
     demo_min_scale: float = param(0.15, gt=0, le=1, doc="crop side as a fraction of the photo's short side")
     demo_max_scale: float = param(0.6, gt=0, le=1)
-    val_fraction: float = param(0.1, gt=0, lt=1, doc="share of a user folder held out for validation")
+    val_fraction: float = param(0.1, gt=0, lt=1, doc="share of a flat user folder held out for validation")
+    layout: Literal["auto", "flat", "train_val"] = param(
+        "auto", doc="flat: hash split; train_val: the folder's train/ and val/ as given; auto: train_val when both exist")
+    train_store_size: int = param(0, ge=0, le=8192, doc="side training images are stored at, for random crops; "
+                                                        "0: image_size (no crop room)")
+    shard_size: int = param(2048, ge=1, doc="images per prepared shard file")
+    augment: Literal["none", "crop", "crop_flip"] = param(
+        "none", doc="training batches: random image_size crop of the stored image, and horizontal flip")
+    workers: int = param(0, ge=0, doc="processes that decode (prepare) and load batches (training); 0: the cores")
     seed: int = param(0, ge=0)
 
     def check(self) -> None:
         if self.demo_min_scale > self.demo_max_scale:
             fail(self, "demo_min_scale", f"must be <= data.demo_max_scale ({self.demo_max_scale})")
+        if self.train_store_size and self.train_store_size < self.image_size:
+            fail(self, "train_store_size", f"must be 0 or >= data.image_size ({self.image_size})")
 
 
 @dataclass

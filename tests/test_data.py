@@ -16,7 +16,8 @@ from PIL import Image
 from pipeline import data
 from pipeline.config import DataParams
 from pipeline.configbase import build
-from pipeline.data import DataError, load_manifest, load_split, prepare_dataset
+from pipeline.data import DataError, load_manifest, load_rows, load_split, prepare_dataset
+from pipeline.data import shards
 from pipeline.digest import stamp_file
 
 S = 16
@@ -28,7 +29,7 @@ def params(**overrides) -> DataParams:
 
 
 def file_bytes(d: Path) -> dict[str, bytes]:
-    return {name: (d / name).read_bytes() for name in ("train.npy", "val.npy", "manifest.json")}
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
 
 
 def siblings(d: Path) -> list[str]:
@@ -68,8 +69,8 @@ def test_demo_shapes_and_manifest(demo):
         assert sum(n[split] for n in manifest["photos"].values()) == manifest["counts"][split]
         array = load_split(demo, split)
         assert array.dtype == np.uint8 and array.shape == (manifest["counts"][split], S, S, 3)
-        assert isinstance(array, np.memmap)
-        assert array.std() > 10, "crops of real photographs are not flat"
+        assert isinstance(array, data.ShardedImages)
+        assert np.asarray(array).std() > 10, "crops of real photographs are not flat"
     assert set(manifest["photos"]) == {Path(p).stem for _, p in data.DEMO_PHOTOS}
 
 
@@ -112,10 +113,10 @@ def test_demo_splits_share_no_pixels(tmp_path, monkeypatch):
         photo.paste(255, data.split_region(width, height, "val"))
         photos.append(tmp_path / f"photo{i}.png")
         photo.save(photos[-1])
-    monkeypatch.setattr(data, "demo_photo_paths", lambda: photos)
+    monkeypatch.setattr(data.demo, "demo_photo_paths", lambda: photos)
     prepare_dataset(params(demo_train_crops=30, demo_val_crops=30), tmp_path / "out")
-    assert load_split(tmp_path / "out", "train").max() == 0
-    assert load_split(tmp_path / "out", "val").min() == 255
+    assert np.asarray(load_split(tmp_path / "out", "train")).max() == 0
+    assert np.asarray(load_split(tmp_path / "out", "val")).min() == 255
 
 
 # --------------------------------------------------------------------------- folder
@@ -194,9 +195,12 @@ def build_tree(root: Path) -> None:
 
 
 def rows_by_file(prepared: Path) -> dict[str, np.ndarray]:
-    files = load_manifest(prepared)["files"]
     return {rel: np.asarray(load_split(prepared, split)[i])
-            for split in ("train", "val") for i, rel in enumerate(files[split])}
+            for split in ("train", "val") for i, (rel, _) in enumerate(load_rows(prepared, split))}
+
+
+def files_of(prepared: Path) -> dict[str, list[str]]:
+    return {split: [rel for rel, _ in load_rows(prepared, split)] for split in ("train", "val")}
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +227,7 @@ def test_folder_manifest_counts_files(folder):
     assert manifest["used_files"] == used
     assert manifest["counts"]["train"] + manifest["counts"]["val"] == used
     assert manifest["counts"]["train"] >= 1 and manifest["counts"]["val"] >= 1
-    assert sorted(manifest["files"]["train"] + manifest["files"]["val"]) == \
+    assert sorted(files_of(prepared)["train"] + files_of(prepared)["val"]) == \
         sorted([*EXPECTED, "nested/rotated.jpg"])
     assert manifest["unreadable_count"] == len(UNREADABLE)
     assert sorted(u["path"] for u in manifest["unreadable"]) == sorted(UNREADABLE)
@@ -275,7 +279,7 @@ def test_folder_split_is_stable_when_files_are_added(tmp_path):
     for i in range(30, 40):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(src / f"{i:02d}.png")
     prepare_dataset(params(source=str(src), val_fraction=0.3), tmp_path / "b")
-    before, after = load_manifest(tmp_path / "a")["files"], load_manifest(tmp_path / "b")["files"]
+    before, after = files_of(tmp_path / "a"), files_of(tmp_path / "b")
     for split in ("train", "val"):
         assert set(before[split]) <= set(after[split])
 
@@ -313,6 +317,7 @@ def test_folder_without_readable_images_is_an_error(tmp_path, capsys):
     src = tmp_path / "junk"
     src.mkdir()
     (src / "bad.png").write_bytes(b"nope")
+    (src / "worse.jpg").write_bytes(b"")
     (src / "readme.txt").write_text("hi")
     with pytest.raises(DataError, match="junk.*no readable image"):
         prepare_dataset(params(source=str(src)), tmp_path / "out")
@@ -350,17 +355,20 @@ def test_failure_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
     prepare_dataset(params(), out)
     good = file_bytes(out)
 
-    def disk_full(path):
+    def disk_full(path, array):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(data, "file_sha256", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        prepare_dataset(params(seed=1), out)
+    with monkeypatch.context() as m:
+        m.setattr(shards, "save_npy", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            prepare_dataset(params(seed=1), out)
     assert file_bytes(out) == good
+    # What the interrupted run completed waits beside the output, to be resumed.
+    assert siblings(out) == [".out.partial", "out"]
+    prepare_dataset(params(seed=1), out)
     assert siblings(out) == ["out"]
-    with pytest.raises(OSError):
-        prepare_dataset(params(seed=1), tmp_path / "fresh")
-    assert siblings(out) == ["out"]
+    prepare_dataset(params(seed=1), tmp_path / "fresh")
+    assert file_bytes(out) == file_bytes(tmp_path / "fresh")
 
 
 def test_prepare_replaces_an_existing_output(tmp_path):
@@ -368,7 +376,7 @@ def test_prepare_replaces_an_existing_output(tmp_path):
     prepare_dataset(params(), out)
     (out / "stale.txt").write_text("from an older run")
     prepare_dataset(params(seed=1), out)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train.npy", "val.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train-00000.npy", "val-00000.npy"]
     assert load_manifest(out)["params"]["seed"] == 1
     assert siblings(out) == ["out"]
 
@@ -385,29 +393,29 @@ def copy_of(demo, tmp_path) -> Path:
 
 
 def test_load_split_rejects_a_truncated_npy(copy_of):
-    path = copy_of / "train.npy"
+    path = copy_of / "train-00000.npy"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(DataError, match=r"train\.npy"):
+    with pytest.raises(DataError, match=r"train-00000\.npy"):
         load_split(copy_of, "train")
 
 
 def test_load_split_rejects_garbage(copy_of):
-    (copy_of / "val.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(DataError, match=r"val\.npy"):
+    (copy_of / "val-00000.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DataError, match=r"val-00000\.npy"):
         load_split(copy_of, "val")
 
 
 def test_load_split_rejects_a_shape_mismatch(copy_of):
-    np.save(copy_of / "val.npy", np.zeros((8, S + 1, S + 1, 3), np.uint8))
-    with pytest.raises(DataError, match=r"val\.npy.*manifest"):
+    np.save(copy_of / "val-00000.npy", np.zeros((8, S + 1, S + 1, 3), np.uint8))
+    with pytest.raises(DataError, match=r"val-00000\.npy.*manifest"):
         load_split(copy_of, "val")
 
 
 def test_load_split_rejects_missing_files_and_bad_splits(copy_of):
     with pytest.raises(DataError, match="split"):
         load_split(copy_of, "test")
-    (copy_of / "train.npy").unlink()
-    with pytest.raises(DataError, match=r"train\.npy"):
+    (copy_of / "train-00000.npy").unlink()
+    with pytest.raises(DataError, match=r"train-00000\.npy"):
         load_split(copy_of, "train")
     (copy_of / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match=r"manifest\.json"):

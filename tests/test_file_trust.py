@@ -122,8 +122,8 @@ def test_a_corrupted_shard_is_an_error_naming_it(tmp_path):
     out = tmp_path / "prepared"
     prepare_dataset(build(DataParams, {"demo_train_crops": 22, "demo_val_crops": 11, "image_size": 8}), out)
     assert load_split(out, "train").shape == (22, 8, 8, 3)       # verified from the stamp prepare wrote
-    _flip_bytes_in_place(out / "train.npy", at=0.9)
-    with pytest.raises(DataError, match=rf"{out / 'train.npy'}: corrupted"):
+    _flip_bytes_in_place(out / "train-00000.npy", at=0.9)
+    with pytest.raises(DataError, match=rf"{out / 'train-00000.npy'}: corrupted"):
         load_split(out, "train")
     # Without the stamps (a fresh checkout) the shard is hashed and still refused.
     stamp_file(out).unlink()

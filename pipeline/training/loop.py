@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..progress import Progress
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .device import amp_dtype, pick_device
 
@@ -29,40 +29,6 @@ class TrainResult:
     resumed_from: int
     seconds: float
     final: dict[str, float] = field(default_factory=dict)
-
-
-class Progress:
-    """tqdm when available, else a line every few seconds (the core must not need tqdm)."""
-
-    def __init__(self, name: str, total: int, initial: int, enabled: bool):
-        self.bar = None
-        self.enabled = enabled
-        self.name, self.total, self.last = name, total, 0.0
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, desc=name, mininterval=1.0, file=sys.stderr,
-                                dynamic_ncols=True)
-            except ImportError:
-                pass
-
-    def update(self, step: int, metrics: Mapping[str, float] | None) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.n = step
-            if metrics:
-                self.bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:4]}, refresh=False)
-            self.bar.refresh()
-        elif metrics and (time.monotonic() - self.last > 5 or step == self.total):
-            self.last = time.monotonic()
-            body = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            print(f"[{self.name}] {step}/{self.total} {body}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class Trainer:
