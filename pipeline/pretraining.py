@@ -44,5 +44,6 @@ def pretrain(p, prepared: Path, checkpoint: Path | None = None, on_log=None) -> 
     pp = p.pretrain
     torch.manual_seed(pp.seed)            # the initial weights are part of what params fix
     model = VQAutoencoder.from_params(p.model)
-    run = RunOptions(checkpoint, fingerprint(to_dict(p.model), to_dict(pp), manifest["sha256"]))
+    run = RunOptions(checkpoint, fingerprint(to_dict(p.model), to_dict(pp), manifest["sha256"], p.data.augment),
+                     augment=p.data.augment, workers=p.data.workers)
     return model, pretrain_autoencoder(model, load_split(prepared, "train"), pp, run, on_log)

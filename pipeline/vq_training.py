@@ -115,7 +115,8 @@ def run_train_vq(p, prepared: Path, pretrain_model: Path, codebook_init: Path | 
     # initialise themselves (sf_diveq) skip the k-means codes.
     if tp.kmeans_init and model.quantizer.uses_kmeans_init:
         model.quantizer.init_codebook(load_codebook_init(codebook_init, qp.codebook_size, model.quantizer.dim))
-    run = RunOptions(checkpoint, fingerprint(model.config, method_params(qp), to_dict(tp), manifest["sha256"]))
+    run = RunOptions(checkpoint, fingerprint(model.config, method_params(qp), to_dict(tp), manifest["sha256"],
+                                             p.data.augment), augment=p.data.augment, workers=p.data.workers)
     result = train_vq(model, load_split(prepared, "train"), tp, CodeReplacement.from_params(qp.replacement),
                       run, on_log)
     total = tp.track_steps + tp.freeze_steps

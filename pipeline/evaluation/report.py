@@ -12,7 +12,6 @@ from ..data import load_split
 from ..models.io import load_autoencoder
 from ..training.device import pick_device
 from . import plots
-from .metrics import fid_features
 from .reconstruction import generation_metrics, reconstruction_metrics
 
 # The curves the loss figure shows per stage (default: the "loss" column).
@@ -33,22 +32,21 @@ class Evaluation:
 def run_evaluate(p, prepared: Path, tokenizer: Path, samples: Path, prior_report: Path,
                  curves: dict[str, Path]) -> Evaluation:
     """Metrics of ``tokenizer`` on the validation split (the first ``evaluate.max_images``; 0:
-    all) and of the prior's decoded ``samples`` against it; ``curves``: stage -> its loss CSV."""
+    all, read in chunks) and of the prior's decoded ``samples`` against it; ``curves``: stage -> its loss CSV."""
     ep = p.evaluate
     device = pick_device()
     model, blob = load_autoencoder(tokenizer, device)
     report = json.loads(Path(prior_report).read_text())
     sample_images = np.load(samples, allow_pickle=False)
     val = load_split(prepared, "val")
-    val = np.ascontiguousarray(val[:ep.max_images] if ep.max_images else val)
-    reference = fid_features(val, device=device, batch_size=ep.batch_size)   # shared by rFID and gFID
-    results, recon, tokens = reconstruction_metrics(model, val, device=device, batch_size=ep.batch_size,
-                                                    lpips_net=ep.lpips_net, fid_reference=reference)
+    n = min(ep.grid_images, ep.max_images or len(val), len(val))
+    results, recon, tokens, reference = reconstruction_metrics(
+        model, val, device=device, batch_size=ep.batch_size, lpips_net=ep.lpips_net, limit=ep.max_images, keep=n,
+        progress=True)
     results["method"] = blob["quantizer"]["method"]
     results["codebook_size"] = model.quantizer.codebook_size
     results.update(generation_metrics(sample_images, reference, report, device=device, batch_size=ep.batch_size,
                                       max_samples=ep.gfid_samples))
-    n = min(ep.grid_images, len(val))
     counts = np.bincount(tokens.reshape(-1), minlength=model.quantizer.codebook_size)
     if results["gfid"] is not None:
         c = SAMPLE_GRID_COLUMNS
@@ -60,7 +58,7 @@ def run_evaluate(p, prepared: Path, tokenizer: Path, samples: Path, prior_report
     histories = {s: h for s, f in curves.items() if Path(f).exists() and (h := plots.read_history_csv(f))}
     return Evaluation(
         metrics=results,
-        reconstructions_png=plots.image_grid([val[:n], recon[:n]], ["validation", "reconstruction"]),
+        reconstructions_png=plots.image_grid([val[:n], recon], ["validation", "reconstruction"]),
         usage_png=plots.usage_histogram(counts),
         usage_csv="rank,count\n" + "".join(f"{i},{c}\n" for i, c in enumerate(np.sort(counts)[::-1])),
         samples_png=samples_png,

@@ -59,7 +59,8 @@ def run_refine_gan(p, prepared: Path, vq_model: Path, checkpoint: Path | None = 
     else:
         manifest = load_manifest(prepared)
         vq_hash = hashlib.sha256(Path(vq_model).read_bytes()).hexdigest()
-        run = RunOptions(checkpoint, fingerprint(to_dict(rp), vq_hash, manifest["sha256"]), device)
+        run = RunOptions(checkpoint, fingerprint(to_dict(rp), vq_hash, manifest["sha256"], p.data.augment), device,
+                         augment=p.data.augment, workers=p.data.workers)
         vq_progress = blob["meta"].get("progress") or {"step": blob["meta"].get("steps", 0), "epoch": 0.0}
         result = refine_gan(model, load_split(prepared, "train"), rp, run,
                             progress=(int(vq_progress["step"]), float(vq_progress["epoch"])), on_log=on_log)

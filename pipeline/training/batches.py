@@ -1,6 +1,24 @@
-"""Training batches as a pure function of (seed, step), so a resumed run sees exactly the
-batches an uninterrupted one would have."""
+"""Training batches as a pure function of (seed, step, rank), so a resumed run sees exactly the
+batches an uninterrupted one would have, whichever path serves them.
+
+Batch ``step`` draws, from one generator seeded by (seed, step, rank): the row indices, then
+for augmentation each image's crop offset and flip. ``augment`` (``data.augment``):
+``none`` (the centre crop), ``crop`` (a random ``side`` x ``side`` window of the stored image,
+uniform over the offsets), ``crop_flip`` (that, mirrored left-right with probability 1/2).
+The crop offsets and flips are drawn even for ``none``, after the indices, so the indices do
+not depend on ``augment``.
+
+Two paths serve the same batches (tests/test_batches.py checks they are equal):
+
+* a set that fits ``max_device_bytes`` lives on the device: one transfer, then device-side
+  gathers (the demo set);
+* a larger one is read from the shards (memory maps) by ``workers`` DataLoader processes, which
+  gather, crop and flip on the host while the device trains; batches arrive pinned on CUDA.
+"""
 from __future__ import annotations
+
+import hashlib
+import os
 
 import numpy as np
 import torch
@@ -8,47 +26,170 @@ import torch
 from ..images import images_to_input
 from .device import to_device_async
 
+AUGMENTS = ("none", "crop", "crop_flip")
+
+
+def batch_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """Rank 0 keeps the single-process stream (seed * 1_000_003 + step); another rank's seed is
+    a hash of (seed, step, rank). The CPU generator keeps only a seed's low 32 bits, so an
+    offset such as rank << 40 would give every rank the same batches."""
+    if rank == 0:
+        return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    mixed = hashlib.blake2b(f"{seed},{step},{rank}".encode(), digest_size=4).digest()
+    return torch.Generator().manual_seed(int.from_bytes(mixed, "big"))
+
+
+def draw(n: int, batch_size: int, seed: int, step: int, rank: int, room: int) -> tuple[torch.Tensor, ...]:
+    """(row indices, crop offsets y, x in [0, room], flips 0/1) of batch ``step``."""
+    g = batch_generator(seed, step, rank)
+    idx = torch.randint(0, n, (batch_size,), generator=g)
+    oy = torch.randint(0, room + 1, (batch_size,), generator=g)
+    ox = torch.randint(0, room + 1, (batch_size,), generator=g)
+    flip = torch.randint(0, 2, (batch_size,), generator=g)
+    return idx, oy, ox, flip
+
+
+def crop_flip(raw: torch.Tensor, side: int, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor | None
+              ) -> torch.Tensor:
+    """uint8 (B, T, T, 3) -> (B, side, side, 3): image b's window at (oy[b], ox[b]), mirrored
+    left-right where flip[b] (None: no flips). One gather, on whatever device ``raw`` is on."""
+    b, t = raw.shape[0], raw.shape[1]
+    if t == side and flip is None:
+        return raw
+    ar = torch.arange(side, device=raw.device)
+    rows = oy.to(raw.device)[:, None] + ar                                      # (B, side)
+    cols = ox.to(raw.device)[:, None] + ar
+    if flip is not None:
+        f = flip.to(raw.device).bool()[:, None]
+        cols = torch.where(f, ox.to(raw.device)[:, None] + (side - 1 - ar), cols)
+    return raw[torch.arange(b, device=raw.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class _ShardBatches(torch.utils.data.Dataset):
+    """Item ``step`` is batch ``step``'s uint8 (B, side, side, 3), read from the stored rows."""
+
+    def __init__(self, stored, batch_size: int, seed: int, rank: int, side: int, augment: str):
+        self.stored, self.batch_size, self.seed, self.rank = stored, batch_size, seed, rank
+        self.side, self.augment = side, augment
+
+    def __len__(self) -> int:        # steps are unbounded; the sampler says which come
+        return 1 << 62
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        room = self.stored.shape[1] - self.side
+        idx, oy, ox, flip = draw(len(self.stored), self.batch_size, self.seed, step, self.rank, room)
+        raw = torch.from_numpy(_rows(self.stored, idx.numpy()))
+        return _augment(raw, self.side, self.augment, oy, ox, flip)
+
+
+def _rows(data, idx: np.ndarray) -> np.ndarray:
+    return data.read(idx) if hasattr(data, "read") else np.asarray(data[idx])
+
+
+def _augment(raw: torch.Tensor, side: int, augment: str, oy, ox, flip) -> torch.Tensor:
+    if augment == "none":
+        room = raw.shape[1] - side
+        oy = ox = torch.full_like(oy, room // 2)
+    return crop_flip(raw, side, oy, ox, flip if augment == "crop_flip" else None)
+
 
 class BatchSource:
     """Random batches of rows of ``data`` on the device.
 
-    ``images=True``: uint8 (N, H, W, 3) images, given as float (B, 3, H, W) in [-1, 1]
-    (channels-last on CUDA); ``images=False``: integer rows (N, T) (token sequences), given as
-    long (B, T). Small sets live on the device (one transfer, then device-side gathers); larger
-    ones are indexed on the host and copied per batch. Batch ``step`` draws its rows with a
-    generator seeded by (seed, step).
+    ``images=True``: uint8 (N, S, S, 3) images (a pipeline.data.ShardedImages, whose stored
+    rows may be larger than S, or an array), given as float (B, 3, S, S) in [-1, 1]
+    (channels-last on CUDA) with ``augment`` applied; ``images=False``: integer rows (N, T)
+    (token sequences), given as long (B, T). See the module docstring for the two paths.
     """
 
     def __init__(self, data, batch_size: int, seed: int, device: torch.device, *, images: bool = True,
-                 max_device_bytes: int = 2 << 30):
+                 augment: str = "none", workers: int = 0, rank: int = 0, max_device_bytes: int = 2 << 30):
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment: {augment!r} is not one of {', '.join(AUGMENTS)}")
         if images:
             if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.uint8:
                 raise ValueError(f"expected uint8 (N, H, W, 3) images, got {data.dtype} {data.shape}")
         elif data.ndim != 2:
             raise ValueError(f"expected (N, T) rows, got shape {tuple(data.shape)}")
         self.n = data.shape[0]
-        self.batch_size = batch_size
-        self.seed = seed
-        self.device = device
+        self.batch_size, self.seed, self.rank, self.device = batch_size, seed, rank, device
         self.is_images = images
-        dtype = None if images else torch.long
-        if data.nbytes <= max_device_bytes:
-            self.data = torch.tensor(np.asarray(data), dtype=dtype, device=device)   # one copy, then gathers
+        self.augment = augment if images else "none"
+        self.side = data.shape[1] if images else 0
+        stored = data.stored() if images and hasattr(data, "stored") else data
+        self.room = stored.shape[1] - self.side if images else 0
+        self.workers = workers or len(os.sched_getaffinity(0))
+        self._loader = None
+        self._next_step = None
+        if stored.nbytes <= max_device_bytes:
+            dtype = None if images else torch.long
+            self.data = torch.tensor(np.asarray(stored), dtype=dtype, device=device)   # one copy, then gathers
         else:
-            self.data = data                                                    # host (memmap), read per batch
+            self.data = stored                                                  # host (memmaps), read by workers
         self.channels_last = images and device.type == "cuda"
 
     def indices(self, step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return torch.randint(0, self.n, (self.batch_size,), generator=g)
+        return draw(self.n, self.batch_size, self.seed, step, self.rank, self.room)[0]
+
+    def _host_batch(self, step: int) -> torch.Tensor:
+        """Batch ``step`` from the DataLoader; restarted there when steps are not consecutive."""
+        if self._loader is None or step != self._next_step:
+            self.close()
+            dataset = _ShardBatches(self.data, self.batch_size, self.seed, self.rank, self.side, self.augment) \
+                if self.is_images else _TokenRows(self.data, self.batch_size, self.seed, self.rank)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=None, sampler=_Steps(step), num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
+                multiprocessing_context="spawn" if self.workers else None)
+            self._loader = iter(loader)
+        self._next_step = step + 1
+        batch = next(self._loader)
+        return batch.to(self.device, non_blocking=True) if self.device.type == "cuda" else batch
 
     def batch(self, step: int) -> torch.Tensor:
-        idx = self.indices(step)
         if isinstance(self.data, torch.Tensor):
+            idx, oy, ox, flip = draw(self.n, self.batch_size, self.seed, step, self.rank, self.room)
             raw = self.data[to_device_async(idx, self.device)]
+            if self.is_images:
+                raw = _augment(raw, self.side, self.augment, oy, ox, flip)
         else:
-            raw = to_device_async(torch.from_numpy(np.asarray(self.data[idx.numpy()])), self.device)
+            raw = self._host_batch(step)
         if not self.is_images:
             return raw.long()
         x = images_to_input(raw)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    def close(self) -> None:
+        """Stop the loader's worker processes (they also stop when the source is collected)."""
+        if self._loader is not None:
+            shutdown = getattr(self._loader, "_shutdown_workers", None)    # absent without workers
+            if shutdown is not None:
+                shutdown()
+            self._loader = None
+
+
+class _TokenRows(torch.utils.data.Dataset):
+    """Item ``step``: batch ``step``'s token rows (B, T)."""
+
+    def __init__(self, data, batch_size: int, seed: int, rank: int):
+        self.data, self.batch_size, self.seed, self.rank = data, batch_size, seed, rank
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        idx = draw(len(self.data), self.batch_size, self.seed, step, self.rank, 0)[0]
+        return torch.from_numpy(np.asarray(self.data[idx.numpy()]))
+
+
+class _Steps(torch.utils.data.Sampler):
+    """Steps ``start``, ``start + 1``, ... (the loop stops asking when training ends)."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield step
+            step += 1

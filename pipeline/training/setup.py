@@ -20,6 +20,8 @@ class RunOptions:
     device: torch.device | str | None = None   # None: $NSVQ_DEVICE, else CUDA when present
     progress: bool = True
     stop_after: int | None = None          # end after this many steps (tests: an interruption)
+    augment: str = "none"                  # data.augment: how training images are cropped (batches.py)
+    workers: int = 0                       # data.workers: loader processes for sets off the device; 0: the cores
 
 
 @dataclass
@@ -37,8 +39,11 @@ class Training:
     def fit(self, step_fn: Callable[[int], Mapping[str, torch.Tensor]], state: Mapping[str, Any],
             on_log=None) -> TrainResult:
         """Run the loop; ``state``: the stateful objects a checkpoint holds (the optimizer is added)."""
-        return self.trainer.fit(step_fn, {**state, "optimizer": self.optimizer}, on_log=on_log,
-                                stop_after=self.stop_after)
+        try:
+            return self.trainer.fit(step_fn, {**state, "optimizer": self.optimizer}, on_log=on_log,
+                                    stop_after=self.stop_after)
+        finally:
+            self.batches.close()
 
 
 def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: int, run: RunOptions = RunOptions(),
@@ -49,7 +54,7 @@ def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: 
     The model moves to the device (channels-last on CUDA, which only reorders 4-D conv weights);
     ``optimizer(parameters, lp)`` is built over ``parameters`` (default: the model's; make_adam
     keeps those that require a gradient); batches of ``data`` (images, or token rows with
-    ``images=False``) are a pure function of (lp.seed, step); the Trainer checkpoints to
+    ``images=False``) are a pure function of (lp.seed, step), augmented by ``run.augment``; the Trainer checkpoints to
     ``run.checkpoint`` under ``run.fingerprint`` every lp.checkpoint_every steps and logs every
     lp.log_every.
     """
@@ -61,4 +66,5 @@ def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: 
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
     opt = optimizer(list(model.parameters()) if parameters is None else list(parameters), lp)
-    return Training(trainer, opt, BatchSource(data, lp.batch_size, lp.seed, dev, images=images), run.stop_after)
+    batches = BatchSource(data, lp.batch_size, lp.seed, dev, images=images, augment=run.augment, workers=run.workers)
+    return Training(trainer, opt, batches, run.stop_after)
