@@ -355,11 +355,11 @@ def test_failure_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
     prepare_dataset(params(), out)
     good = file_bytes(out)
 
-    def disk_full(path, array):
+    def disk_full(self):
         raise OSError("No space left on device")
 
     with monkeypatch.context() as m:
-        m.setattr(shards, "save_npy", disk_full)
+        m.setattr(shards.ShardWriter, "flush", disk_full)
         with pytest.raises(OSError, match="No space"):
             prepare_dataset(params(seed=1), out)
     assert file_bytes(out) == good

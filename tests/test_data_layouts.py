@@ -15,7 +15,8 @@ from PIL import Image
 
 from pipeline.config import DataParams
 from pipeline.configbase import build
-from pipeline.data import DataError, ShardedImages, load_manifest, load_rows, load_split, prepare, prepare_dataset
+from pipeline.data import (DataError, ShardedImages, decode_pool, load_manifest, load_rows, load_split, prepare,
+                           prepare_dataset)
 
 S = 8
 REPO = Path(__file__).parents[1]
@@ -141,8 +142,8 @@ def test_an_interrupted_prepare_resumes_from_its_complete_shards(many, tmp_path,
     # A completed shard that no longer verifies is redone, with everything after it.
     (partial / "train-00002.npy").write_bytes(b"garbage")
     decoded = []
-    real_decode = prepare.decode_files
-    monkeypatch.setattr(prepare, "decode_files", lambda root, rels, side: decoded.extend(rels) or
+    real_decode = decode_pool.decode_files
+    monkeypatch.setattr(decode_pool, "decode_files", lambda root, rels, side: decoded.extend(rels) or
                         real_decode(root, rels, side))
     prepare_dataset(params(many, shard_size=8), out)
     assert all_bytes(out) == all_bytes(clean) and not partial.exists()
@@ -153,9 +154,9 @@ def test_an_interrupted_prepare_resumes_from_its_complete_shards(many, tmp_path,
 def test_a_killed_prepare_resumes_byte_identical(many, tmp_path):
     clean = tmp_path / "clean"
     prepare_dataset(params(many, shard_size=4), clean)
-    code = ("import sys, time; from pipeline.data import prepare; from pipeline.config import DataParams; "
-            "from pipeline.configbase import build; real = prepare.decode_files; "
-            "prepare.decode_files = lambda *a: (time.sleep(0.05), real(*a))[1]; "
+    code = ("import sys, time; from pipeline.data import decode_pool, prepare; from pipeline.config import DataParams; "
+            "from pipeline.configbase import build; real = decode_pool.decode_files; "
+            "decode_pool.decode_files = lambda *a: (time.sleep(0.05), real(*a))[1]; "
             f"prepare.prepare_dataset(build(DataParams, {{'source': {str(many)!r}, 'image_size': {S}, "
             f"'workers': 1, 'shard_size': 4}}), {str(tmp_path / 'out')!r}, progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
@@ -174,3 +175,17 @@ def test_prepared_manifest_has_no_loading_params(many, tmp_path):
     a = prepare_dataset(params(many, augment="crop_flip", workers=1), tmp_path / "a")
     assert "augment" not in a["params"] and "workers" not in a["params"]
     assert load_manifest(tmp_path / "a")["stored_size"] == {"train": S, "val": S}
+
+
+def test_prepare_reruns_on_exactly_the_params_its_output_depends_on():
+    import dataclasses
+
+    import yaml
+
+    from pipeline.data import LOADING_KEYS
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    fields = {f.name for f in dataclasses.fields(DataParams)}
+    assert set(stages["prepare"]["params"]) == {f"data.{k}" for k in fields - set(LOADING_KEYS)}
+    for stage in ("pretrain", "train_vq", "refine_gan"):         # the stages that draw training batches
+        assert "data.augment" in stages[stage]["params"], stage

@@ -258,3 +258,29 @@ def test_lpips_upsamples_images_below_the_backbone_minimum():
     with torch.no_grad():
         ref = load_lpips("alex", "cpu")(up(a), up(b)).flatten().numpy()
     np.testing.assert_allclose(d, ref, rtol=1e-5)
+
+
+def test_reconstruction_metrics_stream_in_chunks_to_the_same_numbers(photos):
+    """Chunked evaluation (the whole validation split without holding it in memory) gives the
+    numbers of one pass, compares each reconstruction with the image fed, and says what FID is."""
+    from pipeline.evaluation.reconstruction import reconstruction_metrics
+    from pipeline.models.autoencoder import VQAutoencoder
+    from pipeline.quantizers.registry import build_quantizer
+    from pipeline.config import load_params
+
+    p = load_params(REPO_ROOT / "params.yaml")
+    torch.manual_seed(0)
+    model = VQAutoencoder(hidden_channels=8, res_channels=4, num_res_blocks=1, downsample=4, code_dim=4)
+    model.quantizer = build_quantizer(p.quantizer, 4)
+    images = photos[:5, :32, :32]
+    whole, kept_w, tokens_w, ref_w = reconstruction_metrics(model, images, device="cpu", batch_size=4, keep=3)
+    parts, kept_p, tokens_p, ref_p = reconstruction_metrics(model, images, device="cpu", batch_size=4, keep=3,
+                                                            chunk=2)
+    assert np.array_equal(kept_w, kept_p) and kept_w.shape == (3, 32, 32, 3)
+    assert np.array_equal(tokens_w, tokens_p) and np.allclose(ref_w, ref_p, atol=1e-5)
+    for key in ("rfid", "lpips", "ssim", "psnr", "mse", "codebook_usage", "perplexity"):
+        assert whole[key] == pytest.approx(parts[key], rel=1e-5, abs=1e-6), key
+    assert whole["num_images"] == 5 and whole["fid_implementation"].startswith("clean-fid ")
+    assert "InceptionV3" in whole["fid_feature_network"]
+    limited = reconstruction_metrics(model, images, device="cpu", batch_size=4, limit=2)[0]
+    assert limited["num_images"] == 2

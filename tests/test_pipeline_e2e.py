@@ -367,6 +367,43 @@ def test_a_changed_source_folder_reruns_prepare(workdir, tmp_path):
     assert out.returncode != 0 and "contains the repository itself" in out.stderr
 
 
+def test_class_folders_with_a_train_val_split_run_end_to_end(workdir, tmp_path):
+    """An ImageNet-shaped folder (train/<class>/, val/<class>/) through every stage, with
+    training images stored larger and randomly cropped and flipped."""
+    from PIL import Image
+
+    root, env = workdir
+    repo = _copy_with_outputs(root, tmp_path / "classes")
+    src = tmp_path / "imagenet"
+    rng = __import__("numpy").random.default_rng(0)
+    for c, name in enumerate(["n01", "n02", "n03"]):
+        for split, n in (("train", 24), ("val", 4)):
+            (src / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (44 + i % 5, 40, 3)).astype("uint8") // (c + 1)
+                Image.fromarray(pixels).save(src / split / name / f"{i}.jpg", quality=90)
+    (src / "val" / "n02" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (src / "LOC_synset_mapping.txt").write_text("n01 a\nn02 b\nn03 c\n")
+    _set_params(repo, {"data": {"source": str(src), "train_store_size": 36, "augment": "crop_flip", "workers": 2,
+                                "shard_size": 32}})
+    assert _repro(repo, env) == STAGES
+    prepared = repo / "data" / "prepared"
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["layout"] == "train_val" and manifest["classes"] == ["n01", "n02", "n03"]
+    assert manifest["counts"] == {"train": 72, "val": 12}
+    assert [s["count"] for s in manifest["shards"]["train"]] == [32, 32, 8]
+    assert manifest["stored_size"] == {"train": 36, "val": 32}
+    assert manifest["unreadable_count"] == 1 and manifest["unreadable"][0]["path"] == "val/n02/broken.jpg"
+    assert manifest["ignored"] == ["LOC_synset_mapping.txt"]
+    rows = (prepared / "val-files.tsv").read_text().splitlines()
+    assert rows[0] == "val/n01/0.jpg\t0" and rows[-1] == "val/n03/3.jpg\t2" and len(rows) == 12
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert metrics["num_images"] == 12 and metrics["fid_implementation"].startswith("clean-fid")
+    # data.workers changes how the set is read, not what it holds: nothing reruns.
+    _set_params(repo, {"data": {"workers": 1}})
+    assert _repro(repo, env) == []
+
+
 def _prefect_server_children(pid: int) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():

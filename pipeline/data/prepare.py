@@ -23,12 +23,10 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import shutil
-from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +34,7 @@ from ..atomic import atomic_path, replace_dir
 from ..digest import file_sha256, remember_verified, stamp_file
 from ..errors import warn
 from ..progress import Progress
-from .decode import decode_files
+from .decode_pool import DecodePool, decoded_in_process
 from .demo import SPLITS, demo_images, demo_info
 from .errors import DataError
 from .folders import FolderPlan, plan_folder, source_fingerprint
@@ -51,8 +49,6 @@ FORMAT = 2
 LOADING_KEYS = ("workers", "augment")
 # Unreadable files listed individually on stderr; the manifest always lists all of them.
 _MAX_WARNING_LINES = 20
-_FILES_PER_TASK = 16          # files a worker decodes per task
-_TASKS_IN_FLIGHT = 4          # per worker: bounds the decoded images waiting to be written
 
 
 def output_params(params: DataParams) -> dict:
@@ -67,22 +63,6 @@ def decode_workers(params: DataParams) -> int:
 
 def stored_sizes(params: DataParams) -> dict[str, int]:
     return {"train": params.train_store_size or params.image_size, "val": params.image_size}
-
-
-def _decoded(root: str, rels: list[str], side: int, workers: int, pool) -> Iterator[np.ndarray | str]:
-    """decode_files over ``rels`` in order: in this process with one worker, else in ``pool``
-    with a bounded number of tasks in flight (decoded images never pile up in memory)."""
-    tasks = (rels[i:i + _FILES_PER_TASK] for i in range(0, len(rels), _FILES_PER_TASK))
-    if pool is None:
-        for task in tasks:
-            yield from decode_files(root, task, side)
-        return
-    pending: deque = deque()
-    for task in itertools.chain(tasks, [None]):
-        if task is not None:
-            pending.append(pool.apply_async(decode_files, (root, task, side)))
-        while pending and (task is None or len(pending) >= _TASKS_IN_FLIGHT * workers):
-            yield from pending.popleft().get()
 
 
 def _warn_unreadable(root: str, unreadable: list[dict[str, str]]) -> None:
@@ -153,6 +133,45 @@ def _plan(params: DataParams) -> tuple[FolderPlan | None, dict[str, int], str]:
     return plan, counts, plan_id
 
 
+def _write_split(split: str, params: DataParams, plan: FolderPlan | None, count: int, side: int, state: _Progress,
+                 pool: DecodePool | None, unreadable: list[dict[str, str]], bar: Progress) -> None:
+    """Decode what is left of ``split`` into shards, recording each completed one in ``state``
+    (with the plan position after it and the unreadable files it passed)."""
+    entry = state.splits[split]
+    start = state.done(split)
+    writer = ShardWriter(state.path.parent, split, side, params.shard_size, len(entry["shards"]))
+    if plan is None:
+        images = itertools.islice(demo_images(params, split, side), start, None)
+    else:
+        rels = [rel for rel, _ in plan.items[split]][start:]
+        images = (pool.decoded if pool is not None else decoded_in_process)(params.source, rels, side)
+    since: list[dict[str, str]] = []          # unreadable files since the last shard
+    try:
+        for position, image in enumerate(images, start + 1):
+            if isinstance(image, str):
+                since.append({"path": plan.items[split][position - 1][0], "reason": image})
+                unreadable.append(since[-1])
+            else:
+                writer.add(image)
+            if writer.full:
+                entry["shards"].append({**writer.flush(), "end": position, "unreadable": since})
+                since = []
+                state.save()
+            if position % 64 == 0:
+                bar.update(sum(state.done(s) for s in SPLITS) + writer.filled + len(since),
+                           {"unreadable": len(unreadable)})
+        if writer.filled:
+            entry["shards"].append({**writer.flush(), "end": count, "unreadable": since})
+        elif since and entry["shards"]:   # unreadable files after the last full shard
+            entry["shards"][-1].update(end=count, unreadable=entry["shards"][-1]["unreadable"] + since)
+    except BaseException:
+        writer.abandon()
+        raise
+    entry["complete"] = True
+    state.save()
+    bar.update(sum(state.done(s) for s in SPLITS), {"unreadable": len(unreadable)})
+
+
 def prepare_dataset(params: DataParams, out_dir: str | Path, *, progress: bool = True) -> dict:
     """Build ``out_dir`` (see the module docstring); return the manifest."""
     out_dir = Path(out_dir)
@@ -163,40 +182,11 @@ def prepare_dataset(params: DataParams, out_dir: str | Path, *, progress: bool =
     workers = decode_workers(params) if plan is not None else 1
     bar = Progress("prepare", sum(counts.values()), sum(state.done(s) for s in SPLITS), progress, unit="file")
     unreadable: list[dict[str, str]] = [u for s in SPLITS for sh in state.splits[s]["shards"] for u in sh["unreadable"]]
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = DecodePool(workers, max(sides.values())) if workers > 1 else None
     try:
         for split in SPLITS:
-            entry = state.splits[split]
-            if entry["complete"]:
-                continue
-            start = state.done(split)
-            writer = ShardWriter(partial, split, sides[split], params.shard_size, len(entry["shards"]))
-            if plan is None:
-                images = itertools.islice(demo_images(params, split, sides[split]), start, None)
-            else:
-                rels = [rel for rel, _ in plan.items[split]]
-                images = _decoded(params.source, rels[start:], sides[split], workers, pool)
-            since: list[dict[str, str]] = []          # unreadable files since the last shard
-            for position, image in enumerate(images, start + 1):
-                if isinstance(image, str):
-                    since.append({"path": plan.items[split][position - 1][0], "reason": image})
-                    unreadable.append(since[-1])
-                else:
-                    writer.add(image)
-                if writer.full:
-                    entry["shards"].append({**writer.flush(), "end": position, "unreadable": since})
-                    since = []
-                    state.save()
-                if position % 64 == 0:
-                    bar.update(sum(state.done(s) for s in SPLITS) + writer.filled + len(since),
-                               {"unreadable": len(unreadable)})
-            if writer.filled:
-                entry["shards"].append({**writer.flush(), "end": counts[split], "unreadable": since})
-            elif since and entry["shards"]:   # unreadable files after the last full shard
-                entry["shards"][-1].update(end=counts[split], unreadable=entry["shards"][-1]["unreadable"] + since)
-            entry["complete"] = True
-            state.save()
-            bar.update(sum(state.done(s) for s in SPLITS), {"unreadable": len(unreadable)})
+            if not state.splits[split]["complete"]:
+                _write_split(split, params, plan, counts[split], sides[split], state, pool, unreadable, bar)
         bar.close()
         if unreadable:
             _warn_unreadable(params.source, unreadable)
@@ -211,7 +201,7 @@ def prepare_dataset(params: DataParams, out_dir: str | Path, *, progress: bool =
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            pool.close()
     replace_dir(partial, out_dir)
     # Just hashed: the stages that read these files need not hash them again.
     for name, digest in manifest["sha256"].items():

@@ -11,14 +11,16 @@ the full stored rows.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from ..atomic import atomic_path
-from ..digest import stamp_file, verify_file
+from ..digest import file_sha256, stamp_file, verify_file
 from .demo import SPLITS
 from .errors import DataError
 
@@ -32,49 +34,65 @@ def rows_name(split: str) -> str:
     return f"{split}-files.tsv"
 
 
-class _HashingFile:
-    """A binary file that hashes what is written to it (one pass over the bytes, not two)."""
-
-    def __init__(self, f):
-        self.f, self.h = f, hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.h.update(data)
-        return self.f.write(data)
+_HEADER_BYTES = 128     # what np.save writes for a (n, T, T, 3) uint8 header (padded to 64-byte alignment)
 
 
-def save_npy(path: Path, array: np.ndarray) -> str:
-    """``array`` as an .npy file (atomically); returns its sha256."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        out = _HashingFile(f)
-        np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
-    return out.h.hexdigest()
+def _npy_header(count: int, side: int) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False,
+                                               "shape": (count, side, side, 3)})
+    header = buf.getvalue()
+    if len(header) != _HEADER_BYTES:
+        raise ValueError(f"unexpected .npy header length {len(header)} for {count} images of {side} px")
+    return header
 
 
 class ShardWriter:
-    """Rows of one split collected into a fixed-size buffer and written shard by shard."""
+    """Rows of one split streamed straight into shard files of ``shard_size`` rows: the file
+    is written as the rows come (no shard-sized buffer in memory), hashed as it is written,
+    and renamed into place when full. The bytes are those of ``np.save`` of the shard."""
 
     def __init__(self, folder: Path, split: str, side: int, shard_size: int, first_index: int = 0):
-        self.folder, self.split, self.index = folder, split, first_index
-        self.buffer = np.empty((shard_size, side, side, 3), dtype=np.uint8)   # pages touched as filled
-        self.filled = 0
+        self.folder, self.split, self.side, self.shard_size = folder, split, side, shard_size
+        self.index, self.filled, self.file, self.hash = first_index, 0, None, None
 
     @property
     def full(self) -> bool:
-        return self.filled == len(self.buffer)
+        return self.filled == self.shard_size
+
+    def _tmp(self) -> Path:
+        return self.folder / f".{shard_name(self.split, self.index)}.tmp"
 
     def add(self, image: np.ndarray) -> None:
-        self.buffer[self.filled] = image
+        if self.file is None:
+            # Written for a full shard; a shorter last shard gets its header rewritten at flush.
+            header = _npy_header(self.shard_size, self.side)
+            self.file, self.hash = open(self._tmp(), "wb"), hashlib.sha256(header)
+            self.file.write(header)
+        data = np.ascontiguousarray(image, dtype=np.uint8).data
+        self.file.write(data)
+        self.hash.update(data)
         self.filled += 1
 
     def flush(self) -> dict:
-        """Write the buffered rows as the next shard; returns {"file", "count", "sha256"}."""
-        name = shard_name(self.split, self.index)
-        digest = save_npy(self.folder / name, self.buffer[:self.filled])
+        """Close the current shard (at least one row); returns {"file", "count", "sha256"}."""
+        name, tmp = shard_name(self.split, self.index), self._tmp()
+        if self.filled != self.shard_size:
+            self.file.seek(0)
+            self.file.write(_npy_header(self.filled, self.side))
+        self.file.close()        # no fsync: a resumed run re-verifies every shard's sha256 anyway
+        digest = self.hash.hexdigest() if self.filled == self.shard_size else file_sha256(tmp)
+        os.replace(tmp, self.folder / name)
         record = {"file": name, "count": self.filled, "sha256": digest}
-        self.index += 1
-        self.filled = 0
+        self.index, self.filled, self.file, self.hash = self.index + 1, 0, None, None
         return record
+
+    def abandon(self) -> None:
+        """Drop the shard being written (an error or interruption before it was complete)."""
+        if self.file is not None:
+            self.file.close()
+            self._tmp().unlink(missing_ok=True)
+            self.file = None
 
 
 class ShardedImages:
