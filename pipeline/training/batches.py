@@ -27,6 +27,11 @@ from ..images import images_to_input
 from .device import to_device_async
 
 AUGMENTS = ("none", "crop", "crop_flip")
+# forkserver, not fork: the stage process has Prefect's and MLflow's threads (and maybe CUDA),
+# which a forked child would inherit half-copied; not spawn: a spawned worker ends through
+# interpreter finalisation, which aborts in torch's C++ teardown ("terminate called without an
+# active exception") after a few hundred batches; a forkserver child ends with os._exit.
+_LOADER_CONTEXT = "forkserver"
 
 
 def batch_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -140,7 +145,7 @@ class BatchSource:
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=None, sampler=_Steps(step), num_workers=self.workers,
                 pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
-                multiprocessing_context="spawn" if self.workers else None)
+                multiprocessing_context=_LOADER_CONTEXT if self.workers else None)
             self._loader = iter(loader)
         self._next_step = step + 1
         batch = next(self._loader)
