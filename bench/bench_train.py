@@ -25,6 +25,7 @@ import argparse
 import tempfile
 import time
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -55,7 +56,7 @@ PER_IMAGE = (IMAGE // CELEBA["downsample"]) ** 2      # latents per image
 def demo_images(size: int = IMAGE, n: int = DEMO_CROPS):
     with tempfile.TemporaryDirectory() as d:
         prepare_dataset(build(DataParams, {"image_size": size, "demo_train_crops": n, "demo_val_crops": 8}), d)
-        return load_split(d, "train").copy()
+        return np.asarray(load_split(d, "train"))
 
 
 def pretrained_autoencoder(images) -> dict:
