@@ -1,7 +1,7 @@
 """The data path on this machine's CPUs (not a timed test): prepare's throughput and memory,
 and our shard loader against the loader a user would write (torchvision ImageFolder).
 
-    python bench/bench_data.py            # writes reports/bench/data.json (+ data.log via tee)
+    python bench/bench_data.py | tee reports/bench/data.log     # writes reports/bench/data.json
 
 1. A folder of 20,000 JPEG files, 256-512 px on the short side, quality 90: seeded crops of
    the bundled demo photographs, in 100 class folders of 200 (built once into .bench_tmp/).

@@ -4,7 +4,7 @@ any stage's outputs.
 1. Validates the whole of params.yaml, every section, whether or not a stage that reads it
    would run: a typo'd section or key (``trian_vq:``) fails the repro with the key named, and
    every output is still there.
-2. Checks ``data.source`` (pipeline/data.py ``check_source``): 'demo' or a readable folder
+2. Checks ``data.source`` (pipeline/data/folders.py ``check_source``): 'demo' or a readable folder
    outside the repository's sources and outputs.
 3. Writes the source's fingerprint (its listing's sha256: paths, sizes, mtimes) to
    ``paths.source_fingerprint``, a dependency of ``prepare``: adding, removing or rewriting a

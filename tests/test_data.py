@@ -1,4 +1,4 @@
-"""pipeline/data.py: demo crops, folder conversion, determinism, atomic writes, loading."""
+"""pipeline/data: demo crops, folder conversion, determinism, atomic writes, loading."""
 from __future__ import annotations
 
 import hashlib
