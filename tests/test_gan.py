@@ -199,3 +199,20 @@ import pipeline.training.setup, pipeline.models.io, pipeline.models.inference, p
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_validation_pass_streams_to_the_one_pass_numbers(monkeypatch):
+    """refine_gan's before/after check reads the validation split in chunks (ImageNet's 50,000
+    images need not fit in memory) and gives the numbers of one pass."""
+    from pipeline.evaluation.metrics import lpips_distance, mse
+    from pipeline.gan import refine as refine_mod
+    from pipeline.models.inference import reconstruct
+
+    model = _model()
+    val = _images()[:7]
+    recon, tokens = reconstruct(model, val, "cpu")
+    monkeypatch.setattr(refine_mod, "VAL_CHUNK", 3)
+    quality, got_tokens, kept = refine_mod.validation_pass(model, val, "alex", "cpu", keep=4)
+    assert np.array_equal(got_tokens, tokens) and np.array_equal(kept, recon[:4])
+    assert quality["mse"] == pytest.approx(mse(val, recon), rel=1e-12)
+    assert quality["lpips"] == pytest.approx(float(np.mean(lpips_distance(val, recon, net="alex"))), rel=1e-6)

@@ -33,10 +33,29 @@ class Refined:
         return self.result.history if self.result is not None else []
 
 
-def val_quality(val: np.ndarray, recon: np.ndarray, lpips_net: str, device) -> dict[str, float]:
+VAL_CHUNK = 1024     # validation images reconstructed and scored at a time
+
+
+def validation_pass(model: VQAutoencoder, val, lpips_net: str, device, keep: int
+                    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Validation MSE and LPIPS of ``model`` over the whole split ``val`` (read in chunks of
+    :data:`VAL_CHUNK`, so the split never has to fit in memory), its tokens, and the first
+    ``keep`` reconstructions (for the grid)."""
     from ..evaluation.metrics import lpips_distance, mse
 
-    return {"mse": mse(val, recon), "lpips": float(np.mean(lpips_distance(val, recon, net=lpips_net, device=device)))}
+    mses, sizes, lp, tokens, kept = [], [], [], [], []
+    for start in range(0, len(val), VAL_CHUNK):
+        x = np.ascontiguousarray(val[start:start + VAL_CHUNK])
+        recon, tok = reconstruct(model, x, device)
+        mses.append(mse(x, recon))
+        sizes.append(len(x))
+        lp.append(lpips_distance(x, recon, net=lpips_net, device=device))
+        tokens.append(tok)
+        kept.append(recon[:max(0, keep - start)])
+    # One chunk (any split up to VAL_CHUNK images): exactly the one-pass mean.
+    total_mse = mses[0] if len(mses) == 1 else float(np.dot(mses, sizes) / sum(sizes))
+    quality = {"mse": total_mse, "lpips": float(np.mean(np.concatenate(lp)))}
+    return quality, np.concatenate(tokens), np.concatenate(kept)
 
 
 def run_refine_gan(p, prepared: Path, vq_model: Path, checkpoint: Path | None = None, on_log=None) -> Refined:
@@ -47,11 +66,11 @@ def run_refine_gan(p, prepared: Path, vq_model: Path, checkpoint: Path | None = 
     from ..evaluation import plots
 
     rp = p.refine_gan
-    val = np.ascontiguousarray(load_split(prepared, "val"))
+    val = load_split(prepared, "val")
+    n = min(rp.grid_images, len(val))
     device = pick_device()
     model, blob = load_autoencoder(vq_model, device)
-    recon_before, tokens_before = reconstruct(model, val, device)
-    before = val_quality(val, recon_before, p.evaluate.lpips_net, device)
+    before, tokens_before, recon_before = validation_pass(model, val, p.evaluate.lpips_net, device, n)
     if rp.steps == 0:
         refined, result, recon_after, tokens_after, after = None, None, recon_before, tokens_before, before
         summary = {"steps": 0, "train_seconds": 0.0,
@@ -64,15 +83,13 @@ def run_refine_gan(p, prepared: Path, vq_model: Path, checkpoint: Path | None = 
         vq_progress = blob["meta"].get("progress") or {"step": blob["meta"].get("steps", 0), "epoch": 0.0}
         result = refine_gan(model, load_split(prepared, "train"), rp, run,
                             progress=(int(vq_progress["step"]), float(vq_progress["epoch"])), on_log=on_log)
-        recon_after, tokens_after = reconstruct(model, val, device)
-        after = val_quality(val, recon_after, p.evaluate.lpips_net, device)
+        after, tokens_after, recon_after = validation_pass(model, val, p.evaluate.lpips_net, device, n)
         refined = model
         summary = {"steps": result.steps, "train_seconds": result.seconds,
                    **{f"final_{k}": v for k, v in result.final.items()}}
     summary.update(token_changes(tokens_before, tokens_after))
     summary.update({f"val_{k}_before": v for k, v in before.items()})
     summary.update({f"val_{k}_after": v for k, v in after.items()})
-    n = min(rp.grid_images, len(val))
-    grid = plots.image_grid([val[:n], recon_before[:n], recon_after[:n]],
+    grid = plots.image_grid([val[:n], recon_before, recon_after],
                             ["validation", "train_vq (before)", "refine_gan (after)"])
     return Refined(refined, blob, result, summary, grid)
