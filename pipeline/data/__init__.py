@@ -14,12 +14,12 @@ from .decode import IMAGE_EXTENSIONS, load_rgb
 from .demo import DEMO_PHOTOS, SPLITS, VAL_STRIP, demo_crop_boxes, demo_photo_paths, split_region
 from .errors import DataError
 from .folders import check_source, plan_folder, source_fingerprint
-from .prepare import LOADING_KEYS, decode_workers, prepare_dataset, stored_sizes
+from .prepare import LOADING_KEYS, prepare_dataset, stored_sizes, worker_count
 from .shards import ShardedImages, load_manifest, load_rows, load_split
 
 __all__ = [
     "DataError", "DEMO_PHOTOS", "VAL_STRIP", "SPLITS", "IMAGE_EXTENSIONS", "LOADING_KEYS",
-    "demo_photo_paths", "split_region", "demo_crop_boxes", "load_rgb", "plan_folder", "decode_workers",
+    "demo_photo_paths", "split_region", "demo_crop_boxes", "load_rgb", "plan_folder", "worker_count",
     "prepare_dataset", "stored_sizes", "load_split", "load_manifest", "load_rows", "ShardedImages",
     "check_source", "source_fingerprint",
 ]

@@ -56,9 +56,10 @@ def output_params(params: DataParams) -> dict:
     return {k: v for k, v in dataclasses.asdict(params).items() if k not in LOADING_KEYS}
 
 
-def decode_workers(params: DataParams) -> int:
-    """``data.workers``; 0: the cores this process may run on."""
-    return params.workers or len(os.sched_getaffinity(0))
+def worker_count(workers: int) -> int:
+    """``data.workers`` as a process count (decode workers, loader workers); 0: the cores this
+    process may run on."""
+    return workers or len(os.sched_getaffinity(0))
 
 
 def stored_sizes(params: DataParams) -> dict[str, int]:
@@ -179,7 +180,7 @@ def prepare_dataset(params: DataParams, out_dir: str | Path, *, progress: bool =
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     state = _Progress.resume(partial, plan_id)
     sides = stored_sizes(params)
-    workers = decode_workers(params) if plan is not None else 1
+    workers = worker_count(params.workers) if plan is not None else 1
     bar = Progress("prepare", sum(counts.values()), sum(state.done(s) for s in SPLITS), progress, unit="file")
     unreadable: list[dict[str, str]] = [u for s in SPLITS for sh in state.splits[s]["shards"] for u in sh["unreadable"]]
     pool = DecodePool(workers, max(sides.values())) if workers > 1 else None

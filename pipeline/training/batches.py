@@ -5,8 +5,8 @@ Batch ``step`` draws, from one generator seeded by (seed, step, rank): the row i
 for augmentation each image's crop offset and flip. ``augment`` (``data.augment``):
 ``none`` (the centre crop), ``crop`` (a random ``side`` x ``side`` window of the stored image,
 uniform over the offsets), ``crop_flip`` (that, mirrored left-right with probability 1/2).
-The crop offsets and flips are drawn even for ``none``, after the indices, so the indices do
-not depend on ``augment``.
+The crop offsets and flips are drawn even for ``none`` (which reads the centre view, room 0),
+after the indices, so the indices do not depend on ``augment``.
 
 Two paths serve the same batches (tests/test_batches.py checks they are equal):
 
@@ -18,11 +18,11 @@ Two paths serve the same batches (tests/test_batches.py checks they are equal):
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import torch
 
+from ..data.prepare import worker_count
 from ..images import images_to_input
 from .device import to_device_async
 
@@ -70,32 +70,29 @@ def crop_flip(raw: torch.Tensor, side: int, oy: torch.Tensor, ox: torch.Tensor, 
     return raw[torch.arange(b, device=raw.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-class _ShardBatches(torch.utils.data.Dataset):
-    """Item ``step`` is batch ``step``'s uint8 (B, side, side, 3), read from the stored rows."""
+def _finish(raw: torch.Tensor, images: bool, side: int, augment: str, oy, ox, flip) -> torch.Tensor:
+    """Gathered rows -> the batch: images cropped (and flipped) by ``augment``; token rows as they are."""
+    if not images:
+        return raw
+    return crop_flip(raw, side, oy, ox, flip if augment == "crop_flip" else None)
 
-    def __init__(self, stored, batch_size: int, seed: int, rank: int, side: int, augment: str):
-        self.stored, self.batch_size, self.seed, self.rank = stored, batch_size, seed, rank
-        self.side, self.augment = side, augment
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is batch ``step`` (uint8 images or token rows), gathered from the host
+    rows (memory maps) the way :meth:`BatchSource.batch` gathers them on the device."""
+
+    def __init__(self, data, batch_size: int, seed: int, rank: int, room: int, images: bool, side: int,
+                 augment: str):
+        self.data, self.batch_size, self.seed, self.rank, self.room = data, batch_size, seed, rank, room
+        self.images, self.side, self.augment = images, side, augment
 
     def __len__(self) -> int:        # steps are unbounded; the sampler says which come
         return 1 << 62
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        room = self.stored.shape[1] - self.side
-        idx, oy, ox, flip = draw(len(self.stored), self.batch_size, self.seed, step, self.rank, room)
-        raw = torch.from_numpy(_rows(self.stored, idx.numpy()))
-        return _augment(raw, self.side, self.augment, oy, ox, flip)
-
-
-def _rows(data, idx: np.ndarray) -> np.ndarray:
-    return data.read(idx) if hasattr(data, "read") else np.asarray(data[idx])
-
-
-def _augment(raw: torch.Tensor, side: int, augment: str, oy, ox, flip) -> torch.Tensor:
-    if augment == "none":
-        room = raw.shape[1] - side
-        oy = ox = torch.full_like(oy, room // 2)
-    return crop_flip(raw, side, oy, ox, flip if augment == "crop_flip" else None)
+        idx, oy, ox, flip = draw(len(self.data), self.batch_size, self.seed, step, self.rank, self.room)
+        raw = torch.from_numpy(np.asarray(self.data[idx.numpy()]))
+        return _finish(raw, self.images, self.side, self.augment, oy, ox, flip)
 
 
 class BatchSource:
@@ -121,9 +118,12 @@ class BatchSource:
         self.is_images = images
         self.augment = augment if images else "none"
         self.side = data.shape[1] if images else 0
-        stored = data.stored() if images and hasattr(data, "stored") else data
+        # Random crops read the stored rows (room around the served side); `none` reads the
+        # centre view, so its batches need no crop at all.
+        cropping = images and self.augment != "none" and hasattr(data, "stored")
+        stored = data.stored() if cropping else data
         self.room = stored.shape[1] - self.side if images else 0
-        self.workers = workers or len(os.sched_getaffinity(0))
+        self.workers = worker_count(workers)
         self._loader = None
         self._next_step = None
         if stored.nbytes <= max_device_bytes:
@@ -140,8 +140,8 @@ class BatchSource:
         """Batch ``step`` from the DataLoader; restarted there when steps are not consecutive."""
         if self._loader is None or step != self._next_step:
             self.close()
-            dataset = _ShardBatches(self.data, self.batch_size, self.seed, self.rank, self.side, self.augment) \
-                if self.is_images else _TokenRows(self.data, self.batch_size, self.seed, self.rank)
+            dataset = _StepBatches(self.data, self.batch_size, self.seed, self.rank, self.room, self.is_images,
+                                   self.side, self.augment)
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=None, sampler=_Steps(step), num_workers=self.workers,
                 pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
@@ -154,9 +154,8 @@ class BatchSource:
     def batch(self, step: int) -> torch.Tensor:
         if isinstance(self.data, torch.Tensor):
             idx, oy, ox, flip = draw(self.n, self.batch_size, self.seed, step, self.rank, self.room)
-            raw = self.data[to_device_async(idx, self.device)]
-            if self.is_images:
-                raw = _augment(raw, self.side, self.augment, oy, ox, flip)
+            raw = _finish(self.data[to_device_async(idx, self.device)], self.is_images, self.side, self.augment,
+                          oy, ox, flip)
         else:
             raw = self._host_batch(step)
         if not self.is_images:
@@ -171,20 +170,6 @@ class BatchSource:
             if shutdown is not None:
                 shutdown()
             self._loader = None
-
-
-class _TokenRows(torch.utils.data.Dataset):
-    """Item ``step``: batch ``step``'s token rows (B, T)."""
-
-    def __init__(self, data, batch_size: int, seed: int, rank: int):
-        self.data, self.batch_size, self.seed, self.rank = data, batch_size, seed, rank
-
-    def __len__(self) -> int:
-        return 1 << 62
-
-    def __getitem__(self, step: int) -> torch.Tensor:
-        idx = draw(len(self.data), self.batch_size, self.seed, step, self.rank, 0)[0]
-        return torch.from_numpy(np.asarray(self.data[idx.numpy()]))
 
 
 class _Steps(torch.utils.data.Sampler):
