@@ -245,6 +245,14 @@ class EvaluateParams:
 
 
 @dataclass
+class DistributedParams:
+    """How many processes ``dvc repro`` starts for each training stage on this machine."""
+    processes: int = param(1, ge=1, le=1024, doc="processes per machine (torchrun --nproc-per-node), one GPU each "
+                                              "on CUDA; 1: one plain process. A param, not an env var: "
+                                              "results depend on it at rounding level, so DVC reruns on a change")
+
+
+@dataclass
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -255,6 +263,7 @@ class Params:
     refine_gan: RefineGANParams = field(default_factory=RefineGANParams)
     train_prior: PriorParams = field(default_factory=PriorParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    distributed: DistributedParams = field(default_factory=DistributedParams)
 
     def check(self) -> None:
         if self.data.image_size % self.model.downsample:

@@ -18,8 +18,9 @@ def output_to_images(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def input_batches(images: np.ndarray, device, batch_size: int) -> Iterator[torch.Tensor]:
-    """Model inputs for consecutive batches of uint8 NHWC images (a memmap is read one batch
-    at a time; each batch is copied, since memmaps may be read-only)."""
-    for start in range(0, len(images), batch_size):
-        yield images_to_input(torch.tensor(np.asarray(images[start:start + batch_size]), device=device))
+def input_batches(images: np.ndarray, device, batch_size: int, rows: slice | None = None) -> Iterator[torch.Tensor]:
+    """Model inputs for consecutive batches of uint8 NHWC images, of ``rows`` (default all; a
+    memmap is read one batch at a time; each batch is copied, since memmaps may be read-only)."""
+    first, last, _ = (rows or slice(None)).indices(len(images))
+    for start in range(first, last, batch_size):
+        yield images_to_input(torch.tensor(np.asarray(images[start:min(start + batch_size, last)]), device=device))

@@ -11,6 +11,13 @@ of N x D work, and K draws cost N x K x D in total.
 Lloyd: assign every point to its nearest centre, move each centre to the mean of its
 points. A centre that loses all its points is re-seeded at the point farthest from its
 centre (then counted in ``empty_fraction`` of the final assignment only if it is still empty).
+
+Under torchrun each rank holds a contiguous share of the points (rank order = one process's
+order) and the fit is one fit over all of them, the same on every rank: a k-means++ draw
+inverts the CDF of D(x)^2 over all ranks (each rank's total is all-gathered, the rank holding
+the target contributes the point to an all-reduce); Lloyd all-reduces the sums and counts of
+each centre; an empty centre takes the farthest point over all ranks. With one process no
+collective runs and the arithmetic is what it was.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import distributed
 from .quantizers.search import nearest_code
 
 
@@ -38,10 +46,13 @@ class _PlusPlusState:
         n, dev = x.shape[0], x.device
         self.x = x
         self.centers = torch.empty(k, x.shape[1], device=dev, dtype=x.dtype)
-        first = int(torch.randint(0, n, (1,), generator=generator))
-        self.centers[0] = x[first]
+        # Where this rank's rows start among all ranks' (0 for one process).
+        sizes = distributed.all_gather_cat(torch.tensor([n], device=dev)).tolist()
+        self.offset, total = sum(sizes[:distributed.rank()]), sum(sizes)
+        first = int(torch.randint(0, total, (1,), generator=generator))
+        self.centers[0] = self.row(first - self.offset) if distributed.active() else x[first]
         self.x2 = x.pow(2).sum(1)
-        self.d2 = (x - x[first]).pow(2).sum(1)
+        self.d2 = (x - self.centers[0]).pow(2).sum(1)
         # All uniforms up front (one transfer), consumed one per draw through the index j.
         self.u = torch.rand(k, generator=generator, dtype=torch.float64).to(dev)
         self.j = torch.ones(1, dtype=torch.long, device=dev)
@@ -61,6 +72,29 @@ class _PlusPlusState:
         torch.minimum(self.d2, d_new, out=self.d2)
         self.j += 1
 
+    def row(self, local: int) -> torch.Tensor:
+        """Row ``local`` of this rank's points if it holds it, else zeros, summed over ranks:
+        the point on every rank."""
+        own = 0 <= local < self.x.shape[0]
+        point = self.x[local].clone() if own else self.x.new_zeros(self.x.shape[1])
+        return distributed.all_reduce_sum(point)
+
+    def draw_distributed(self) -> None:
+        """:meth:`draw` over all ranks' points: the CDF is this rank's cumulative D^2 after the
+        totals of the ranks before it."""
+        cdf = torch.cumsum(self.d2, 0, dtype=torch.float64)
+        totals = distributed.all_gather_cat(cdf[-1:])
+        before = totals[:distributed.rank()].sum()
+        target = self.u.index_select(0, self.j) * totals.sum()
+        here = (target >= before) & ((target < before + cdf[-1:]) | (distributed.rank() == distributed.size() - 1))
+        pick = torch.minimum(torch.searchsorted(cdf, target - before), self.last)
+        c = torch.where(here, self.x.index_select(0, pick)[0], torch.zeros_like(self.x[0]))
+        c = distributed.all_reduce_sum(c)[None]
+        self.centers.index_copy_(0, self.j, c)
+        d_new = torch.addmv(self.x2 + c.pow(2).sum(), self.x, c[0], alpha=-2.0).clamp_(min=0.0)
+        torch.minimum(self.d2, d_new, out=self.d2)
+        self.j += 1
+
 
 @torch.no_grad()
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None,
@@ -70,11 +104,15 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None 
     On CUDA the draws are captured in a CUDA graph of ``graph_steps`` draws and replayed;
     the arithmetic is the same as the plain loop used on the CPU.
     """
-    n = x.shape[0]
+    n = int(distributed.all_reduce_sum(torch.tensor(x.shape[0])).item())
     if n < k:
         raise ValueError(f"k-means++ needs at least k={k} points, got {n}")
     st = _PlusPlusState(x, k, generator)
     remaining = k - 1
+    if distributed.active():
+        for _ in range(remaining):
+            st.draw_distributed()
+        return st.centers
     if x.is_cuda and remaining >= 2 * graph_steps:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -104,21 +142,43 @@ def lloyd_step(x: torch.Tensor, centers: torch.Tensor, search: dict | None = Non
     k = centers.shape[0]
     counts = torch.zeros(k, device=x.device, dtype=x.dtype).index_add_(0, idx, torch.ones_like(dist))
     sums = torch.zeros_like(centers).index_add_(0, idx, x)
+    if distributed.active():        # one all-reduce of [counts | sums | inertia sum, rows]
+        both = distributed.all_reduce_sum(torch.cat([
+            counts, sums.flatten(), torch.stack([dist.sum(), dist.new_tensor(dist.numel())])]))
+        counts, sums = both[:k], both[k:-2].reshape(k, -1)
+        inertia = both[-2] / both[-1]
+    else:
+        inertia = dist.mean()
     empty = counts == 0
     new = torch.where(empty[:, None], centers, sums / counts.clamp_min(1)[:, None])
     # Re-seed empty centres at the points that are worst served (largest distance).
     n_empty = int(empty.sum())
     if n_empty:
-        far = dist.topk(min(n_empty, x.shape[0])).indices
-        new[empty.nonzero().squeeze(1)[: far.numel()]] = x[far]
-    return new, counts, dist.mean()
+        far_d, far_x = _farthest(x, dist, n_empty)
+        new[empty.nonzero().squeeze(1)[: far_d.numel()]] = far_x
+    return new, counts, inertia
+
+
+def _farthest(x: torch.Tensor, dist: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` points (over all ranks) farthest from their centres: (distances, points)."""
+    far = dist.topk(min(n, x.shape[0])).indices
+    if not distributed.active():
+        return dist[far], x[far]
+    # Every rank offers its own n farthest (padded with -1 distances), the same n win everywhere.
+    d = torch.full((n,), -1.0, device=x.device, dtype=dist.dtype)
+    pts = x.new_zeros(n, x.shape[1])
+    d[:far.numel()], pts[:far.numel()] = dist[far], x[far]
+    all_d, all_x = distributed.all_gather_cat(d), distributed.all_gather_cat(pts)
+    best = all_d.topk(min(n, int((all_d >= 0).sum()))).indices
+    return all_d[best], all_x[best]
 
 
 @torch.no_grad()
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, search: dict | None = None,
            log=None) -> KMeansResult:
     """Fit ``k`` centres to points ``x`` (N, D): k-means++ seeding + ``iters`` Lloyd steps;
-    ``search``: ``nearest_code`` keyword arguments (backend, chunk, kernel precision and config)."""
+    ``search``: ``nearest_code`` keyword arguments (backend, chunk, kernel precision and config).
+    Under torchrun ``x`` is this rank's share of the points and the fit is over all shares."""
     x = x.float().contiguous()
     g = torch.Generator().manual_seed(seed)
     centers = kmeans_plus_plus(x, k, g)
@@ -129,8 +189,11 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, search: dict
         if log is not None:
             log(it, history[-1])
     idx, dist = nearest_code(x, centers, **(search or {}))
-    counts = torch.zeros(k, device=x.device).index_add_(0, idx, torch.ones_like(dist))
-    inertia = dist.mean().item()
+    counts = distributed.all_reduce_sum(torch.zeros(k, device=x.device).index_add_(0, idx, torch.ones_like(dist)))
+    if distributed.active():
+        inertia = (distributed.all_reduce_sum(dist.sum()) / counts.sum()).item()
+    else:
+        inertia = dist.mean().item()
     history.append(inertia)
     return KMeansResult(centers, inertia, (counts == 0).float().mean().item(), history)
 
@@ -146,18 +209,28 @@ def kmeans_init(p, prepared, pretrain_model, device=None, log=None) -> tuple[KMe
     from .quantizers.search import search_kwargs
     from .training.device import pick_device
 
-    device = device or pick_device()
+    device = distributed.local_device(device or pick_device())
+    distributed.init(device)
     model, _ = load_autoencoder(pretrain_model, device)
-    latents = encode_latents(model, load_split(prepared, "train"), device)
+    images = load_split(prepared, "train")
+    mine = distributed.share(len(images))           # this rank's images (all of them for one process)
+    latents = encode_latents(model, images, device, rows=mine)
+    per_image = latents.shape[0] // max(1, mine.stop - mine.start)
+    n = len(images) * per_image
     kp, k = p.kmeans_init, p.quantizer.codebook_size
-    if latents.shape[0] > kp.max_latents:
+    if n > kp.max_latents:
+        # A seeded sample, in the order of the training set (so the ranks' shares of it are
+        # one process's sample cut in rank order).
         g = torch.Generator().manual_seed(kp.seed)
-        latents = latents[torch.randperm(latents.shape[0], generator=g)[:kp.max_latents].to(latents.device)]
-    if latents.shape[0] < k:
+        keep = torch.randperm(n, generator=g)[:kp.max_latents].sort().values
+        lo, hi = mine.start * per_image, mine.stop * per_image
+        keep = keep[(keep >= lo) & (keep < hi)] - lo
+        latents = latents[keep.to(latents.device)]
+    used = min(n, kp.max_latents)
+    if used < k:
         raise ConfigError(f"quantizer.codebook_size: {k} codes need at least {k} training latents, "
-                          f"the training set gives {latents.shape[0]}")
-    return kmeans(latents, k, iters=kp.iters, seed=kp.seed, search=search_kwargs(p.quantizer.search), log=log), \
-        latents.shape[0]
+                          f"the training set gives {used}")
+    return kmeans(latents, k, iters=kp.iters, seed=kp.seed, search=search_kwargs(p.quantizer.search), log=log), used
 
 
 def save_codebook_init(path, fit: KMeansResult) -> None:

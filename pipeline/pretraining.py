@@ -29,7 +29,7 @@ def pretrain_autoencoder(model: VQAutoencoder, train_images: np.ndarray, pp, run
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         x = t.batches.batch(step)
         with t.trainer.autocast():
-            x_hat, _ = model(x)
+            x_hat, _ = t.net(x)
         loss = F.mse_loss(x_hat.float(), x)
         optimizer_step(loss, t.optimizer, pp.grad_clip)
         return {"loss": loss}

@@ -55,14 +55,9 @@ def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplace
         quantizer.set_progress(step, step / per_epoch)
         x = t.batches.batch(step)
         with t.trainer.autocast():
-            if frozen:
-                with torch.no_grad():
-                    z = model.encode(x)
-            else:
-                z = model.encode(x)
-        out = quantizer(z)
-        with t.trainer.autocast():
-            x_hat = model.decode(out.z_q)
+            # One forward through t.net (DDP under torchrun); in phase 2 the encoder's weights
+            # need no gradient, so its part builds no graph. The quantizer runs in fp32 itself.
+            x_hat, out = t.net(x)
         rec = F.mse_loss(x_hat.float(), x)
         loss = rec + out.loss
         optimizer_step(loss, t.optimizer, tp.grad_clip)
@@ -79,7 +74,9 @@ def prepare_vq_training(model: VQAutoencoder, train_images: np.ndarray, tp, repl
                         run: RunOptions = RunOptions()):
     """The set-up and the step of two-phase VQ training; returns (step_fn, Training)."""
     # One optimizer over everything; frozen encoder params simply get no gradient in phase 2.
-    t = setup_training("train_vq", tp, model, train_images, total_steps=tp.track_steps + tp.freeze_steps, run=run)
+    # find_unused: phase 2 trains no encoder weight, SF-DiVeQ's warm-up no code.
+    t = setup_training("train_vq", tp, model, train_images, total_steps=tp.track_steps + tp.freeze_steps, run=run,
+                       find_unused=True)
     compile_autoencoder(model, tp.compile)
     model.train()
     if replacement.until_step < 0:

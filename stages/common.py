@@ -15,6 +15,14 @@ A stage module is ``work(p, paths, run) -> StageResult`` plus ``run_stage("<name
    current outputs);
 4. ends a user error (pipeline/errors.py ``UserError``: bad data, a missing or corrupt file)
    with one "error: ..." line and exit status 2, no traceback unless ``NSVQ_DEBUG=1``.
+
+A stage started with ``ranks=True`` (the training stages) runs on ``distributed.processes``
+processes: when that is above 1 and the process is not already one of torchrun's, it hands
+itself to torchrun (``--standalone --nproc-per-node N -m stages.<name>``) and exits with its
+status. Under torchrun (that one, or a multi-machine ``torchrun --nnodes ...`` a user starts)
+rank 0 runs steps 3-4 as above; every other rank runs ``work`` alone, with no Prefect flow, no
+MLflow run and a ``run`` whose logging does nothing, and writes nothing (``work`` returns
+before its writes on those ranks).
 """
 from __future__ import annotations
 
@@ -147,9 +155,11 @@ def exit_on_user_error(e: BaseException) -> None:
     sys.exit(2)
 
 
-def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult], *, headline: bool = False) -> None:
+def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult], *, headline: bool = False,
+              ranks: bool = False) -> None:
     """Entry point of ``python -m stages.<name>`` (see the module docstring). ``headline``: the
-    summary goes to the parent run unprefixed, with every param (evaluate: runs compare on it)."""
+    summary goes to the parent run unprefixed, with every param (evaluate: runs compare on it).
+    ``ranks``: the stage runs on ``distributed.processes`` processes under torchrun."""
     setup_environment()
     debug = bool(os.environ.get("NSVQ_DEBUG"))
     try:
@@ -159,6 +169,19 @@ def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult
         params = stage_params(name, p)
     except UserError as e:
         exit_on_user_error(e)
+    if ranks:
+        from pipeline import distributed
+
+        if p.distributed.processes > 1 and not under_torchrun():
+            sys.exit(launch_torchrun(name, p.distributed.processes))
+        if not distributed.is_main():
+            try:
+                work(p, paths, SilentRun())
+            except UserError as e:
+                exit_on_user_error(e)
+            finally:
+                distributed.close()
+            return
     from prefect import flow, tags
 
     from stages.prefect_run import crash_orphaned_flow_runs, forward_library_logs, process_tag, use_prefect_api
@@ -193,8 +216,43 @@ def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult
         exit_on_user_error(e)
     finally:
         _record_imports()
+        if ranks:
+            from pipeline import distributed
+
+            distributed.close()
     if user_error:
         exit_on_user_error(user_error[0])
+
+
+def under_torchrun() -> bool:
+    """True in a process torchrun started (it sets TORCHELASTIC_RUN_ID and LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch_torchrun(name: str, processes: int) -> int:
+    """Run ``stages.<name>`` on ``processes`` local processes through torchrun's launcher (in
+    this process, as the ``torchrun`` command does); returns the exit status: a rank's own when
+    one failed (2 for a user error it reported), else 0. torchrun stops the other ranks when one
+    fails and names the failed rank."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={processes}", "-m", f"stages.{name}"])
+    try:
+        run(args)
+    except ChildFailedError as e:
+        rank, failure = min(e.failures.items())
+        print(f"error: {name}: rank {rank} of {processes} failed (exit status {failure.exitcode}); "
+              "the other ranks were stopped", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+class SilentRun:
+    """The ``run`` of a rank other than 0: its logging goes nowhere (rank 0 logs the run)."""
+
+    def log_metrics(self, *args, **kwargs) -> None:
+        pass
 
 
 def run_name_of(stage: str, p) -> str:

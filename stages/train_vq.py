@@ -1,6 +1,7 @@
 """DVC stage `train_vq`: drift-aware VQ training (track, then encoder frozen)."""
 from __future__ import annotations
 
+from pipeline import distributed
 from pipeline.config import method_params
 from pipeline.models.io import save_autoencoder
 from pipeline.vq_training import run_train_vq
@@ -11,6 +12,8 @@ def work(p, paths, run) -> StageResult:
     init = require(paths.codebook_init, "kmeans_init") if p.train_vq.kmeans_init else None
     trained = run_train_vq(p, paths.prepared, require(paths.pretrain_model, "pretrain"), init,
                            paths.checkpoint("train_vq"), on_log=lambda s, m: run.log_metrics(m, s))
+    if not distributed.is_main():
+        return None
     result = trained.result
     # progress: where the quantizer's schedules (NS-VQ's tau, Gumbel's temperature) stopped;
     # refine_gan continues from there when it trains the codebook.
@@ -24,4 +27,4 @@ def work(p, paths, run) -> StageResult:
 
 
 if __name__ == "__main__":
-    run_stage("train_vq", work)
+    run_stage("train_vq", work, ranks=True)

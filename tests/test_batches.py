@@ -23,11 +23,20 @@ def test_crop_flip_by_hand():
 
 
 def test_draws_keep_the_single_process_indices():
-    # Rank 0's indices are the pre-augmentation stream: torch.randint from seed * 1_000_003 + step.
+    # The indices are the pre-augmentation stream: torch.randint from seed * 1_000_003 + step.
     g = torch.Generator().manual_seed(3 * 1_000_003 + 7)
-    assert torch.equal(draw(50, 8, 3, 7, 0, 4)[0], torch.randint(0, 50, (8,), generator=g))
-    assert not torch.equal(draw(50, 8, 3, 7, 1, 4)[0], draw(50, 8, 3, 7, 0, 4)[0])     # rank matters
-    assert batch_generator(3, 7, 0).initial_seed() != batch_generator(3, 7, 1).initial_seed()
+    assert torch.equal(draw(50, 8, 3, 7, 4)[0], torch.randint(0, 50, (8,), generator=g))
+    assert batch_generator(3, 7).initial_seed() == 3 * 1_000_003 + 7
+
+
+def test_ranks_share_the_global_batch():
+    # 2 processes x 4 rows are the 8 rows one process draws, split in rank order, augment draws too.
+    whole = draw(50, 8, 3, 7, 4)
+    halves = [draw(50, 8, 3, 7, 4, rank=r, world=2) for r in (0, 1)]
+    for full, a, b in zip(whole, *halves):
+        assert torch.equal(torch.cat([a, b]), full)
+    with pytest.raises(ValueError, match="batch_size: the global batch of 6 does not split into 4"):
+        BatchSource(np.zeros((5, 8, 8, 3), np.uint8), 6, seed=0, device=CPU, rank=0, world=4)
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +59,13 @@ def test_crops_cover_the_room_and_flips_are_half(stored):
     src = BatchSource(stored, 64, seed=0, device=CPU, augment="crop_flip")
     offsets, flips = [], []
     for step in range(20):
-        _, oy, ox, flip = draw(len(stored), 64, 0, step, 0, src.room)
+        _, oy, ox, flip = draw(len(stored), 64, 0, step, src.room)
         offsets += oy.tolist() + ox.tolist()
         flips += flip.tolist()
     assert src.room == 4 and set(offsets) == {0, 1, 2, 3, 4}
     assert abs(np.mean(flips) - 0.5) < 0.05
     full = stored.stored()
-    _, oy, ox, flip = draw(len(stored), 64, 0, 3, 0, 4)
+    _, oy, ox, flip = draw(len(stored), 64, 0, 3, 4)
     idx = src.indices(3).numpy()
     b = src.batch(3)
     for i in range(3):

@@ -10,14 +10,15 @@ from .autoencoder import VQAutoencoder
 
 
 @torch.no_grad()
-def encode_latents(model: VQAutoencoder, images: np.ndarray, device, batch_size: int = 256) -> torch.Tensor:
-    """Encoder latents as rows (N * h * w, D), on ``device``."""
+def encode_latents(model: VQAutoencoder, images: np.ndarray, device, batch_size: int = 256,
+                   rows: slice | None = None) -> torch.Tensor:
+    """Encoder latents of ``images[rows]`` (default all) as rows (N * h * w, D), on ``device``."""
     model.eval()
-    rows = []
-    for x in input_batches(images, device, batch_size):
+    out = []
+    for x in input_batches(images, device, batch_size, rows):
         z = model.encode(x).float()
-        rows.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
-    return torch.cat(rows)
+        out.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import configbase
+from .. import configbase, distributed
 from ..config import QuantizerParams, SearchParams
 from .registry import method_of
 from .search import nearest_code, search_kwargs
@@ -177,9 +177,14 @@ class Quantizer(nn.Module):
     @torch.no_grad()
     def _stats(self, z: torch.Tensor, zq: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         counts = code_histogram(idx, self.codebook_size)
+        total = idx.numel()
         if self.training:
+            # Summed over ranks (identity for one process): usage counts, and so replacement's
+            # dead codes, are those of the global batch, the same on every rank.
+            counts = distributed.all_reduce_sum(counts)
+            total *= distributed.size()
             self.usage_counts += counts
-        stats = histogram_stats(counts, idx.numel())
+        stats = histogram_stats(counts, total)
         stats["distortion"] = nn.functional.mse_loss(z.float(), zq.float())
         return stats
 

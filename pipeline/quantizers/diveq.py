@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from .vq import TableQuantizer
 
 _EPS = 1e-12
@@ -30,7 +31,11 @@ def directional_error(z: torch.Tensor, target: torch.Tensor, sigma: float) -> to
     detach variant. The magnitude carries the gradient, the direction is a constant.
     """
     diff = target - z
-    direction = diff if sigma == 0 else diff + sigma * torch.randn_like(diff)
+    if sigma == 0:
+        direction = diff
+    else:   # noise drawn for the global batch, this rank's rows kept (distributed.rows_of_global)
+        direction = diff + sigma * distributed.rows_of_global(
+            lambda n: torch.randn(n, diff.shape[1], device=diff.device, dtype=diff.dtype), diff.shape[0])
     direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(_EPS)
     # Norm via sqrt(sum + eps) so a latent sitting exactly on its code has a finite gradient.
     magnitude = (diff.pow(2).sum(1, keepdim=True) + _EPS).sqrt()

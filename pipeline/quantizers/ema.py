@@ -6,6 +6,9 @@ Per training forward, with n_k latents assigned to code k and s_k their sum:
     m_k <- d m_k + (1 - d) s_k                         (EMA of sums)
     e_k  = m_k / N~_k,   N~_k = (N_k + eps) / (sum_j N_j + K eps) * sum_j N_j   (Laplace smoothing)
 
+Under torchrun n_k and s_k are summed over ranks before the update (those of the global batch),
+so every rank moves its table identically and exactly as one process would.
+
 decay d = 0.99. The codebook is a buffer, not trained by gradient; the loss is the
 commitment term beta ||z - sg(q)||^2 only and z_q is the STE. The forward value uses the
 codes from before this step's update (as in the VQ-VAE reference). Updates are tensor ops
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from .base import Quantizer, code_histogram, straight_through, uniform_table
 
 
@@ -54,6 +58,9 @@ class EMAVQ(Quantizer):
         d = self.options.decay
         counts = code_histogram(idx, self.codebook_size)
         sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)
+        if distributed.active():       # one all-reduce of [n | s] (K, 1 + D)
+            both = distributed.all_reduce_sum(torch.cat([counts[:, None], sums], 1))
+            counts, sums = both[:, 0], both[:, 1:]
         self.ema_count.mul_(d).add_(counts, alpha=1 - d)
         self.ema_sum.mul_(d).add_(sums, alpha=1 - d)
         total = self.ema_count.sum()

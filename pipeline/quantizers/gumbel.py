@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from .vq import TableQuantizer
 
 
@@ -49,6 +51,17 @@ class GumbelVQ(TableQuantizer):
         if not self.training:
             idx = logits.argmax(1)
             return self.embedding[idx], idx, loss
-        onehot = F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=1)
-        idx = onehot.argmax(1)
+        # F.gumbel_softmax(logits, tau, hard=True) written out, with the noise of gumbel_noise
+        y_soft = ((logits + self.gumbel_noise(logits)) / self.tau).softmax(1)
+        idx = y_soft.max(1, keepdim=True)[1]
+        onehot = torch.zeros_like(logits).scatter_(1, idx, 1.0) - y_soft.detach() + y_soft
+        idx = idx[:, 0]
         return onehot @ self.embedding, idx, loss
+
+    def gumbel_noise(self, logits: torch.Tensor) -> torch.Tensor:
+        """g = -log(Exp(1)) ~ Gumbel(0, 1) per logit, as F.gumbel_softmax draws it, but for the
+        global batch with this rank's rows kept, so the RNG stays equal on all ranks (a hook for
+        tests)."""
+        n, k = logits.shape
+        return distributed.rows_of_global(
+            lambda rows: -torch.empty(rows, k, device=logits.device, dtype=logits.dtype).exponential_().log(), n)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from .vq import TableQuantizer
 
 _EPS = 1e-12
@@ -20,7 +21,9 @@ _EPS = 1e-12
 class NoiseSubstitutionVQ(TableQuantizer):
     def random_direction(self, z: torch.Tensor) -> torch.Tensor:
         """r / ||r||, r ~ N(0, I), one unit row per latent (a hook so tests can pin it)."""
-        r = torch.randn_like(z)
+        # drawn for the global batch, this rank's rows kept (the RNG stays equal on all ranks)
+        r = distributed.rows_of_global(lambda n: torch.randn(n, z.shape[1], device=z.device, dtype=z.dtype),
+                                       z.shape[0])
         return r / r.norm(dim=1, keepdim=True).clamp_min(_EPS)
 
     def quantize_flat(self, z):

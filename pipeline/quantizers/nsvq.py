@@ -8,6 +8,13 @@ From the NS-VQ paper (the dense non-stationary embedding loss and its modified S
     z_q   = z + a q + ((1 - a) q - z).detach(),  a = 2 alpha / numel(z)    (modified STE)
     tau   = tau0 * tau_decay ** epoch                                      (per-epoch decay)
 
+Under torchrun numel(z) in a is the global batch's (this rank's times the world size): DDP
+averages the ranks' gradients of their own means, so a per-rank numel would scale the STE's
+codebook gradient by the world size. The dense loss needs no reduction of its own: its
+codebook gradient (2 / (N D)) (s_k e_k - M_k) is a sum over rows divided by N, so the
+average of the ranks' gradients (each with N / world rows) is the global batch's exactly
+(ns_loss.py).
+
 Every code, not only the winners, is pulled towards nearby latents, so codes follow the
 encoder's drifting latent distribution instead of dying.
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+from .. import distributed
 from .ns_loss import ns_search_and_loss
 from .search import search_kwargs
 from .table_lookup import table_lookup
@@ -37,5 +45,5 @@ class NSVQ(TableQuantizer):
                                             **search_kwargs(sp, sp.ns_kernel))
         # commitment + modified STE (no separate codebook term: the dense loss is that term)
         zq, commit = table_lookup(z, self.embedding, idx, dist, codebook_weight=0.0, beta=self.beta,
-                                  ste_scale=2.0 * self.options.alpha / z.numel())
+                                  ste_scale=2.0 * self.options.alpha / (z.numel() * distributed.size()))
         return zq, idx, emb + commit

@@ -25,6 +25,10 @@ only through their shared map; SF-DiVeQ: codes are curve vertices and need no
 replacement; Gumbel: selection is by logits, not distance). A ``ResidualVQ`` is handled
 per level, each with its own usage counts and its own last latents (its input residual).
 
+Under torchrun a round decides the same on every rank: the usage counts are already summed over
+ranks (base.py), the candidates are drawn with the RNG state every rank shares, and ``random``
+draws from the global batch's latents (gathered), so the result is one process's.
+
 The whole round is tensor ops of fixed shape (no host sync): every code gets a candidate
 and ``torch.where`` keeps the candidate only for dead codes.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from .base import Quantizer
 
 
@@ -95,6 +100,8 @@ class CodeReplacement:
             latents = quantizer.last_latents
             if latents is None:
                 return None
+            # the global batch's latents on every rank, in rank order: one process's batch
+            latents = distributed.all_gather_cat(latents)
             src = torch.randint(0, latents.shape[0], (k,), device=latents.device)
             candidates = quantizer.code_space(latents[src]).to(codebook.dtype)
         quantizer.reseed_codes(dead, candidates)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from .diveq import directional_error
 from .vq import TableQuantizer
 
@@ -94,7 +95,8 @@ class SFDiVeQ(TableQuantizer):
         skip = self.options.skip_steps
         if self.step < skip:
             if self.step >= skip - self.options.avg_steps:
-                self._pool.append(z.detach())
+                # every rank pools the global batch's latents (rank order = one process's order)
+                self._pool.append(distributed.all_gather_cat(z.detach()))
             idx, _ = self.search(z)
             return z, idx, zero, z
         if not self.initialized:

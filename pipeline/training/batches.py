@@ -1,8 +1,11 @@
 """Training batches as a pure function of (seed, step, rank), so a resumed run sees exactly the
 batches an uninterrupted one would have, whichever path serves them.
 
-Batch ``step`` draws, from one generator seeded by (seed, step, rank): the row indices, then
-for augmentation each image's crop offset and flip. ``augment`` (``data.augment``):
+Batch ``step`` draws, from one generator seeded by (seed, step): the row indices of the whole
+global batch, then for augmentation each image's crop offset and flip. Rank r of N processes
+takes the contiguous share [r B/N, (r+1) B/N) of those draws, so N processes train on exactly
+the global batch one process would (pipeline/distributed.py), and a run resumed on another
+number of processes continues on the same data. ``augment`` (``data.augment``):
 ``none`` (the centre crop), ``crop`` (a random ``side`` x ``side`` window of the stored image,
 uniform over the offsets), ``crop_flip`` (that, mirrored left-right with probability 1/2).
 The crop offsets and flips are drawn even for ``none`` (which reads the centre view, room 0),
@@ -17,11 +20,10 @@ Two paths serve the same batches (tests/test_batches.py checks they are equal):
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.prepare import worker_count
 from ..images import images_to_input
 from .device import to_device_async
@@ -34,24 +36,25 @@ AUGMENTS = ("none", "crop", "crop_flip")
 _LOADER_CONTEXT = "forkserver"
 
 
-def batch_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """Rank 0 keeps the single-process stream (seed * 1_000_003 + step); another rank's seed is
-    a hash of (seed, step, rank). The CPU generator keeps only a seed's low 32 bits, so an
-    offset such as rank << 40 would give every rank the same batches."""
-    if rank == 0:
-        return torch.Generator().manual_seed(seed * 1_000_003 + step)
-    mixed = hashlib.blake2b(f"{seed},{step},{rank}".encode(), digest_size=4).digest()
-    return torch.Generator().manual_seed(int.from_bytes(mixed, "big"))
+def batch_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of batch ``step``: seeded by seed * 1_000_003 + step."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def draw(n: int, batch_size: int, seed: int, step: int, rank: int, room: int) -> tuple[torch.Tensor, ...]:
-    """(row indices, crop offsets y, x in [0, room], flips 0/1) of batch ``step``."""
-    g = batch_generator(seed, step, rank)
+def draw(n: int, batch_size: int, seed: int, step: int, room: int, rank: int = 0, world: int = 1
+         ) -> tuple[torch.Tensor, ...]:
+    """(row indices, crop offsets y, x in [0, room], flips 0/1) of rank ``rank``'s share of the
+    global batch ``step`` of ``batch_size`` rows (all of it for one process)."""
+    g = batch_generator(seed, step)
     idx = torch.randint(0, n, (batch_size,), generator=g)
     oy = torch.randint(0, room + 1, (batch_size,), generator=g)
     ox = torch.randint(0, room + 1, (batch_size,), generator=g)
     flip = torch.randint(0, 2, (batch_size,), generator=g)
-    return idx, oy, ox, flip
+    if world == 1:
+        return idx, oy, ox, flip
+    per = batch_size // world
+    mine = slice(rank * per, (rank + 1) * per)
+    return idx[mine], oy[mine], ox[mine], flip[mine]
 
 
 def crop_flip(raw: torch.Tensor, side: int, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor | None
@@ -81,22 +84,24 @@ class _StepBatches(torch.utils.data.Dataset):
     """Item ``step`` is batch ``step`` (uint8 images or token rows), gathered from the host
     rows (memory maps) the way :meth:`BatchSource.batch` gathers them on the device."""
 
-    def __init__(self, data, batch_size: int, seed: int, rank: int, room: int, images: bool, side: int,
-                 augment: str):
-        self.data, self.batch_size, self.seed, self.rank, self.room = data, batch_size, seed, rank, room
-        self.images, self.side, self.augment = images, side, augment
+    def __init__(self, data, batch_size: int, seed: int, rank: int, world: int, room: int, images: bool,
+                 side: int, augment: str):
+        self.data, self.batch_size, self.seed, self.rank, self.world = data, batch_size, seed, rank, world
+        self.room, self.images, self.side, self.augment = room, images, side, augment
 
     def __len__(self) -> int:        # steps are unbounded; the sampler says which come
         return 1 << 62
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        idx, oy, ox, flip = draw(len(self.data), self.batch_size, self.seed, step, self.rank, self.room)
+        idx, oy, ox, flip = draw(len(self.data), self.batch_size, self.seed, step, self.room, self.rank,
+                                 self.world)
         raw = torch.from_numpy(np.asarray(self.data[idx.numpy()]))
         return _finish(raw, self.images, self.side, self.augment, oy, ox, flip)
 
 
 class BatchSource:
-    """Random batches of rows of ``data`` on the device.
+    """Random batches of rows of ``data`` on the device; ``batch_size`` is the global batch, of
+    which this process (``rank`` of ``world``, default: pipeline/distributed.py's) gets its share.
 
     ``images=True``: uint8 (N, S, S, 3) images (a pipeline.data.ShardedImages, whose stored
     rows may be larger than S, or an array), given as float (B, 3, S, S) in [-1, 1]
@@ -105,7 +110,8 @@ class BatchSource:
     """
 
     def __init__(self, data, batch_size: int, seed: int, device: torch.device, *, images: bool = True,
-                 augment: str = "none", workers: int = 0, rank: int = 0, max_device_bytes: int = 2 << 30):
+                 augment: str = "none", workers: int = 0, rank: int | None = None, world: int | None = None,
+                 max_device_bytes: int = 2 << 30):
         if augment not in AUGMENTS:
             raise ValueError(f"augment: {augment!r} is not one of {', '.join(AUGMENTS)}")
         if images:
@@ -114,7 +120,13 @@ class BatchSource:
         elif data.ndim != 2:
             raise ValueError(f"expected (N, T) rows, got shape {tuple(data.shape)}")
         self.n = data.shape[0]
-        self.batch_size, self.seed, self.rank, self.device = batch_size, seed, rank, device
+        here = distributed.world()
+        self.rank = here.rank if rank is None else rank
+        self.world = here.size if world is None else world
+        if batch_size % self.world:
+            raise ValueError(f"batch_size: the global batch of {batch_size} does not split into {self.world} "
+                             "equal shares (one per process)")
+        self.batch_size, self.seed, self.device = batch_size, seed, device
         self.is_images = images
         self.augment = augment if images else "none"
         self.side = data.shape[1] if images else 0
@@ -134,14 +146,14 @@ class BatchSource:
         self.channels_last = images and device.type == "cuda"
 
     def indices(self, step: int) -> torch.Tensor:
-        return draw(self.n, self.batch_size, self.seed, step, self.rank, self.room)[0]
+        return draw(self.n, self.batch_size, self.seed, step, self.room, self.rank, self.world)[0]
 
     def _host_batch(self, step: int) -> torch.Tensor:
         """Batch ``step`` from the DataLoader; restarted there when steps are not consecutive."""
         if self._loader is None or step != self._next_step:
             self.close()
-            dataset = _StepBatches(self.data, self.batch_size, self.seed, self.rank, self.room, self.is_images,
-                                   self.side, self.augment)
+            dataset = _StepBatches(self.data, self.batch_size, self.seed, self.rank, self.world, self.room,
+                                   self.is_images, self.side, self.augment)
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=None, sampler=_Steps(step), num_workers=self.workers,
                 pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
@@ -153,7 +165,7 @@ class BatchSource:
 
     def batch(self, step: int) -> torch.Tensor:
         if isinstance(self.data, torch.Tensor):
-            idx, oy, ox, flip = draw(self.n, self.batch_size, self.seed, step, self.rank, self.room)
+            idx, oy, ox, flip = draw(self.n, self.batch_size, self.seed, step, self.room, self.rank, self.world)
             raw = _finish(self.data[to_device_async(idx, self.device)], self.is_images, self.side, self.augment,
                           oy, ox, flip)
         else:

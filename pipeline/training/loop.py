@@ -7,6 +7,10 @@
 - a rerun with the same fingerprint resumes from the checkpoint and ends exactly where an
   uninterrupted run would have (batches are a function of (seed, step): batches.py); a
   finished run removes its checkpoint.
+
+Under torchrun (pipeline/distributed.py) every rank runs this loop with the same schedule: the
+logged means are averaged over ranks (one all-reduce per log interval), only rank 0 shows the
+bar, writes and removes the checkpoint, and every rank resumes from the file rank 0 resumes from.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .. import distributed
 from ..progress import Progress
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .device import amp_dtype, pick_device
@@ -41,7 +46,8 @@ class Trainer:
         self.run_fingerprint = run_fingerprint
         self.checkpoint_every = checkpoint_every
         self.log_every = log_every
-        self.device = device if isinstance(device, torch.device) else pick_device(device)
+        self.device = distributed.local_device(device if isinstance(device, torch.device) else pick_device(device))
+        distributed.init(self.device)
         self.amp_dtype = amp_dtype(precision, self.device)
         self.progress = progress
 
@@ -59,13 +65,20 @@ class Trainer:
         """
         start, history, pending = load_checkpoint(self.checkpoint_path, self.run_fingerprint, state, self.device,
                                                   self.name)
+        agreed = distributed.broadcast_object(start)
+        if agreed != start:
+            raise RuntimeError(
+                f"[{self.name}] rank {distributed.rank()} would start at step {start} but rank 0 resumes from step "
+                f"{agreed} ({self.checkpoint_path}): every process must see the same checkpoint file (put "
+                "checkpoints on a filesystem all machines share)")
+        main = distributed.is_main()
         if on_log is not None:
             # A resumed run reports the intervals logged before the interruption again, so its
             # tracking run's curves cover every step (the killed attempt's run is marked killed).
             for row in history:
                 on_log(row["step"], {k: v for k, v in row.items() if k != "step"})
         t0 = time.monotonic()
-        bar = Progress(self.name, self.total_steps, start, self.progress)
+        bar = Progress(self.name, self.total_steps, start, self.progress and main)
         # Per-key sums stay on the device; a key absent from some steps is averaged over
         # the steps that reported it (e.g. codes replaced, reported once per round).
         sums = {k: torch.tensor(v, device=self.device) for k, v in pending.get("sums", {}).items()}
@@ -79,7 +92,7 @@ class Trainer:
                     sums[k] = sums[k] + v if k in sums else v.clone()
                     counts[k] = counts.get(k, 0) + 1
                 if step % self.log_every == 0 or step == self.total_steps:
-                    means = {k: v.item() / counts[k] for k, v in sums.items()}  # the one sync per interval
+                    means = {k: v / counts[k] for k, v in _rank_mean(sums).items()}  # the one sync per interval
                     sums, counts = {}, {}
                     history.append({"step": step, **means})
                     if on_log is not None:
@@ -88,15 +101,29 @@ class Trainer:
                 interrupt = stop_after is not None and step - start >= stop_after
                 if self.checkpoint_path is not None and (
                         (step % self.checkpoint_every == 0 and step < self.total_steps) or interrupt):
-                    save_checkpoint(self.checkpoint_path, self.run_fingerprint, step, history,
-                                    {"sums": {k: v.item() for k, v in sums.items()}, "counts": counts},
-                                    state, self.device)
+                    # The open interval's sums, averaged over ranks on every rank (the logged mean
+                    # is linear in them, so this changes no logged value), are what rank 0 saves.
+                    pending_sums = _rank_mean(sums)
+                    sums = {k: torch.tensor(v, device=self.device) for k, v in pending_sums.items()}
+                    if main:
+                        save_checkpoint(self.checkpoint_path, self.run_fingerprint, step, history,
+                                        {"sums": pending_sums, "counts": counts}, state, self.device)
                 if interrupt:
                     break
         finally:
             bar.close()
-        if step >= self.total_steps and self.checkpoint_path is not None:
+        if step >= self.total_steps and self.checkpoint_path is not None and main:
             remove_checkpoint(self.checkpoint_path)
         final = dict(history[-1]) if history else {}
         final.pop("step", None)
         return TrainResult(history, step, start, time.monotonic() - t0, final)
+
+
+def _rank_mean(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """{key: float} of device sums averaged over ranks: one stack, one all-reduce, one host read.
+    Every rank holds the same keys (the same schedule runs everywhere)."""
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    values = distributed.all_reduce_mean(torch.stack([sums[k].float() for k in keys])).tolist()
+    return dict(zip(keys, values))

@@ -7,6 +7,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .. import distributed
 from .batches import BatchSource
 from .loop import Trainer, TrainResult
 from .optim import make_adam
@@ -31,6 +32,9 @@ class Training:
     optimizer: torch.optim.Optimizer
     batches: BatchSource
     stop_after: int | None = None
+    #: what a step calls for the trained forward: the model under DDP when several processes
+    #: run (its backward averages the gradients over ranks), else the model itself.
+    net: torch.nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -48,7 +52,7 @@ class Training:
 
 def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: int, run: RunOptions = RunOptions(),
                    parameters=None, optimizer: Callable[[list, Any], torch.optim.Optimizer] = make_adam,
-                   images: bool = True) -> Training:
+                   images: bool = True, find_unused: bool = False) -> Training:
     """Device, model on it, optimizer, batches and the Trainer, from a LoopParams section ``lp``.
 
     The model moves to the device (channels-last on CUDA, which only reorders 4-D conv weights);
@@ -56,7 +60,9 @@ def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: 
     keeps those that require a gradient); batches of ``data`` (images, or token rows with
     ``images=False``) are a pure function of (lp.seed, step), augmented by ``run.augment``; the Trainer checkpoints to
     ``run.checkpoint`` under ``run.fingerprint`` every lp.checkpoint_every steps and logs every
-    lp.log_every.
+    lp.log_every. Under torchrun, ``lp.batch_size`` is the global batch (each rank gets its share)
+    and ``Training.net`` is the model under DDP (``find_unused``: some trained parameters may get
+    no gradient in a step; see ``distributed.wrap``).
     """
     trainer = Trainer(name, total_steps=total_steps, checkpoint_path=run.checkpoint, run_fingerprint=run.fingerprint,
                       checkpoint_every=lp.checkpoint_every, log_every=lp.log_every, precision=lp.precision,
@@ -67,4 +73,4 @@ def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: 
         model.to(memory_format=torch.channels_last)
     opt = optimizer(list(model.parameters()) if parameters is None else list(parameters), lp)
     batches = BatchSource(data, lp.batch_size, lp.seed, dev, images=images, augment=run.augment, workers=run.workers)
-    return Training(trainer, opt, batches, run.stop_after)
+    return Training(trainer, opt, batches, run.stop_after, distributed.wrap(model, dev, find_unused=find_unused))
