@@ -23,6 +23,7 @@ import datetime
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -134,11 +135,22 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     sizes = [torch.empty_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
     most = int(max(s.item() for s in sizes))
+    if most == 0:
+        return t
     padded = torch.zeros((most, *t.shape[1:]), dtype=t.dtype, device=t.device)
     padded[: t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def gather_array(a: np.ndarray) -> np.ndarray:
+    """numpy rows of every rank in rank order (:func:`gather_rows` through the backend's device:
+    the GPU for NCCL, the CPU for gloo); ``a`` itself for one process."""
+    if not active():
+        return a
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return gather_rows(torch.from_numpy(np.ascontiguousarray(a)).to(dev)).cpu().numpy()
 
 
 def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
@@ -167,11 +179,13 @@ def rows_of_global(draw, local_rows: int):
     return full[r * local_rows:(r + 1) * local_rows]
 
 
-def wrap(model: torch.nn.Module, device: torch.device, *, find_unused: bool = False) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, device: torch.device, *, find_unused: bool = False,
+         broadcast_buffers: bool = False) -> torch.nn.Module:
     """``model`` under DDP when collectives run, else ``model`` itself.
 
-    ``broadcast_buffers=False``: buffers (EMA tables, usage counts) are kept equal by the
-    quantizers' own reductions; DDP's per-step copy from rank 0 would hide a rank that drifted.
+    ``broadcast_buffers`` (default False): buffers (EMA tables, usage counts) are kept equal by
+    the quantizers' own reductions; DDP's per-forward copy from rank 0 would hide a rank that
+    drifted. True for the GAN discriminator, whose BatchNorm statistics are per rank.
     ``find_unused``: for recipes whose set of trained parameters changes during the run (the
     frozen encoder of train_vq's second phase, SF-DiVeQ's warm-up, where the codes are unused).
     """
@@ -184,7 +198,7 @@ def wrap(model: torch.nn.Module, device: torch.device, *, find_unused: bool = Fa
     ids = [device.index] if device.type == "cuda" else None
     with warnings.catch_warnings():   # torch 2.14 renames broadcast_buffers; older ones lack the new name
         warnings.simplefilter("ignore", FutureWarning)
-        return DDP(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused)
+        return DDP(model, device_ids=ids, broadcast_buffers=broadcast_buffers, find_unused_parameters=find_unused)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -234,8 +234,16 @@ def launch_torchrun(name: str, processes: int) -> int:
     this process, as the ``torchrun`` command does); returns the exit status: a rank's own when
     one failed (2 for a user error it reported), else 0. torchrun stops the other ranks when one
     fails and names the failed rank."""
+    import torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
+
+    from pipeline.training.device import pick_device
+
+    if pick_device().type == "cuda" and processes > torch.cuda.device_count():
+        exit_on_user_error(UserFacingError(
+            f"distributed.processes: {processes} processes need as many GPUs, this machine has "
+            f"{torch.cuda.device_count()} (or set NSVQ_DEVICE=cpu)"))
 
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={processes}", "-m", f"stages.{name}"])
     try:

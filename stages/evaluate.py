@@ -2,6 +2,7 @@
 prior into the metrics file, and the report's figures."""
 from __future__ import annotations
 
+from pipeline import distributed
 from pipeline.evaluation.report import run_evaluate
 from stages.common import StageResult, require, run_stage, write_atomic, write_json
 
@@ -13,6 +14,8 @@ def work(p, paths, run) -> StageResult:
                        require(paths.samples / "samples.npy", "train_prior"),
                        require(paths.train_prior_report, "train_prior"),
                        {s: getattr(paths, f"{s}_curve") for s in TRAINING_STAGES})
+    if not distributed.is_main():
+        return None
     write_json(paths.metrics, out.metrics)
     figures = {paths.reconstructions: out.reconstructions_png, paths.usage_plot: out.usage_png,
                paths.usage_csv: out.usage_csv, paths.samples_plot: out.samples_png,
@@ -25,4 +28,4 @@ def work(p, paths, run) -> StageResult:
 
 if __name__ == "__main__":
     # The parent run gets the headline metrics and every param, for side-by-side comparison.
-    run_stage("evaluate", work, headline=True)
+    run_stage("evaluate", work, headline=True, ranks=True)

@@ -4,11 +4,12 @@ With ``refine_gan.steps: 0`` the stage copies train_vq's model file to the token
 byte (the pipeline skips refinement without editing dvc.yaml)."""
 from __future__ import annotations
 
-from pipeline.gan.refine import run_refine_gan
 import numpy as np
 import torch
 
+from pipeline import distributed
 from pipeline.data import load_split
+from pipeline.gan.refine import run_refine_gan
 from pipeline.images import images_to_input
 from pipeline.models.io import load_autoencoder, save_autoencoder
 from stages.common import StageResult, require, run_stage, write_atomic, write_history_csv, write_report
@@ -18,6 +19,8 @@ def work(p, paths, run) -> StageResult:
     vq_model = require(paths.vq_model, "train_vq")
     out = run_refine_gan(p, paths.prepared, vq_model, paths.checkpoint("refine_gan"),
                          on_log=lambda s, m: run.log_metrics(m, s))
+    if not distributed.is_main():
+        return None
     if out.model is None:
         write_atomic(paths.tokenizer, vq_model.read_bytes())
     else:
@@ -33,4 +36,4 @@ def work(p, paths, run) -> StageResult:
 
 
 if __name__ == "__main__":
-    run_stage("refine_gan", work)
+    run_stage("refine_gan", work, ranks=True)

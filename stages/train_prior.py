@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.prior.model import save_prior
 from pipeline.prior.training import run_train_prior
 from stages.common import StageResult, npy_bytes, require, run_stage, write_folder, write_history_csv, write_report
@@ -19,6 +20,8 @@ from stages.common import StageResult, npy_bytes, require, run_stage, write_fold
 def work(p, paths, run) -> StageResult:
     out = run_train_prior(p, paths.prepared, require(paths.tokenizer, "refine_gan"), paths.checkpoint("train_prior"),
                           on_log=lambda s, m: run.log_metrics(m, s))
+    if not distributed.is_main():
+        return None
     write_folder(paths.tokens, {"train.npy": npy_bytes(out.tokens["train"]), "val.npy": npy_bytes(out.tokens["val"]),
                                 "meta.json": json.dumps(out.tokens_meta, indent=2, sort_keys=True) + "\n"})
     save_prior(paths.prior_model, out.prior, meta=out.prior_meta)
@@ -38,4 +41,4 @@ def work(p, paths, run) -> StageResult:
 
 
 if __name__ == "__main__":
-    run_stage("train_prior", work)
+    run_stage("train_prior", work, ranks=True)

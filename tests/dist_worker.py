@@ -10,6 +10,9 @@ Scenarios (each rank writes OUT/<scenario>-rank<r>.pt):
   resume   one train_vq run; ARGS: checkpoint path and "stop" (end after 30 steps, as if
            killed) or "go" (run to the end, resuming when a checkpoint is there).
   die      train_vq with checkpoints; rank 1 kills itself with SIGKILL at step 25.
+  gan      refine_gan of a trained vq model (decoder only, then decoder+encoder+codebook), the
+           GAN term on from step 5: the models' and discriminators' weights.
+  prior    train_prior's prior (dropout on) on random token rows, then sampling.
 """
 from __future__ import annotations
 
@@ -82,6 +85,32 @@ def main() -> None:
             if rank == 1 and step == 25:
                 os.kill(os.getpid(), signal.SIGKILL)
         one_run("nsvq", checkpoint=Path(sys.argv[3]), checkpoint_every=10, on_log=die_at_25)
+    elif scenario == "gan":
+        from pipeline.config import RefineGANParams
+        from pipeline.gan.training import build_discriminator, refine_gan
+
+        for train in ("decoder", "decoder_encoder_codebook"):
+            model, _ = one_run("nsvq")
+            rp = build(RefineGANParams, {"steps": 12, "batch_size": BATCH, "disc_start": 5, "perceptual_weight": 0.0,
+                                         "disc_layers": 1, "disc_channels": 4, "train": train, "log_every": 1,
+                                         "precision": "fp32"})
+            disc = build_discriminator(rp, seed=0)
+            result = refine_gan(model, images(), rp, RunOptions(None, "fp", device=CPU, progress=False), disc=disc)
+            saved[train] = {"state": model.state_dict(), "disc": dict(disc.named_parameters()),
+                            "history": result.history}
+    elif scenario == "prior":
+        from pipeline.config import PriorParams
+        from pipeline.prior.training import build_prior, sample_images, train_prior
+
+        pp = build(PriorParams, {"steps": 20, "batch_size": BATCH, "layers": 1, "heads": 2, "width": 16,
+                                 "warmup_steps": 2, "log_every": 1, "precision": "fp32"})
+        seq = np.random.default_rng(1).integers(0, 16, (40, 4 * 4))
+        prior = build_prior(pp, 16, seq.shape[1])
+        result = train_prior(prior, seq, pp, RunOptions(None, "fp", device=CPU, progress=False))
+        model, _ = one_run("vq")
+        tokens, samples = sample_images(prior, model, 5, (4, 4), seed=0, batch_size=2)
+        saved = {"state": prior.state_dict(), "history": result.history, "tokens": torch.from_numpy(tokens),
+                 "samples": torch.from_numpy(samples)}
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     out.mkdir(parents=True, exist_ok=True)

@@ -111,3 +111,21 @@ def test_a_rank_that_dies_ends_the_job_and_leaves_the_checkpoint_intact(tmp_path
     assert took < 120
     assert verify_checkpoint(ckpt) is None
     assert torch.load(ckpt, weights_only=True)["step"] == 20
+
+
+def test_refine_gan_keeps_the_ranks_identical(tmp_path):
+    r0, r1 = launch(2, "gan", tmp_path)
+    for train in ("decoder", "decoder_encoder_codebook"):
+        assert any("g_loss" in row for row in r0[train]["history"]), "the GAN term never switched on"
+        assert max_abs_diff(r0[train]["state"], r1[train]["state"]) == 0, train
+        assert max_abs_diff(r0[train]["disc"], r1[train]["disc"]) == 0, train
+        assert r0[train]["history"] == r1[train]["history"]
+
+
+def test_train_prior_keeps_the_ranks_identical_and_shares_the_samples(tmp_path):
+    r0, r1 = launch(2, "prior", tmp_path)
+    assert max_abs_diff(r0["state"], r1["state"]) == 0
+    assert r0["history"] == r1["history"]
+    # 5 samples: 3 drawn by rank 0, 2 by rank 1, every rank holds all 5
+    assert r0["tokens"].shape == (5, 4, 4) and torch.equal(r0["tokens"], r1["tokens"])
+    assert torch.equal(r0["samples"], r1["samples"])

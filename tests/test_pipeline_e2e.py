@@ -404,6 +404,38 @@ def test_class_folders_with_a_train_val_split_run_end_to_end(workdir, tmp_path):
     assert _repro(repo, env) == []
 
 
+def test_two_processes_rerun_every_stage_after_prepare(workdir, tmp_path):
+    """distributed.processes: 2 under `dvc repro`: each stage after prepare hands itself to
+    torchrun (2 gloo processes); rank 0 alone writes and tracks. train_vq and k-means see the
+    same global batches and latents as one process, so their numbers agree to rounding; refine_gan
+    (per-rank BatchNorm in the discriminator) and train_prior (per-rank dropout) only closely."""
+    root, env = workdir
+    if not (root / "reports" / "metrics.json").exists():     # run on its own (-k)
+        _repro(root, env)
+    repo = _copy_with_outputs(root, tmp_path / "two")
+    reports = {name: json.loads((repo / "reports" / f"{name}.json").read_text())
+               for name in ("kmeans_init", "train_vq", "metrics")}
+    _set_params(repo, {"distributed": {"processes": 2}})
+    assert _repro(repo, env) == STAGES[1:]
+    after = {name: json.loads((repo / "reports" / f"{name}.json").read_text()) for name in reports}
+    assert after["kmeans_init"]["inertia"] == pytest.approx(reports["kmeans_init"]["inertia"], rel=1e-4)
+    for key in ("final_loss", "final_rec_loss", "final_usage", "final_perplexity"):
+        assert after["train_vq"][key] == pytest.approx(reports["train_vq"][key], rel=1e-3), key
+    assert after["metrics"]["num_images"] == reports["metrics"]["num_images"]
+    assert after["metrics"]["mse"] == pytest.approx(reports["metrics"]["mse"], rel=2e-2)
+    assert not list((repo / "checkpoints").glob("*.pt"))
+    # One MLflow run per stage (rank 0's), under one new parent.
+    client, runs = _mlflow_children(repo)
+    parent = runs[-1].data.tags["mlflow.parentRunId"]
+    stages = [r.data.tags.get("nsvq.stage") for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert sorted(stages) == sorted(STAGES[1:]), stages
+    # The count is a param: changing it back makes every stage after prepare stale.
+    _set_params(repo, {"distributed": {"processes": 1}})
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=repo, env=env, capture_output=True, text=True)
+    assert all(f"{stage}:" in status.stdout for stage in STAGES[1:]), status.stdout
+    assert "prepare:" not in status.stdout and "distributed.processes" in status.stdout, status.stdout
+
+
 def _prefect_server_children(pid: int) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():

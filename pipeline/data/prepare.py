@@ -58,8 +58,10 @@ def output_params(params: DataParams) -> dict:
 
 def worker_count(workers: int) -> int:
     """``data.workers`` as a process count (decode workers, loader workers); 0: the cores this
-    process may run on."""
-    return workers or len(os.sched_getaffinity(0))
+    process may run on, shared among the training processes of this machine when torchrun started
+    several (it sets LOCAL_WORLD_SIZE)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return workers or max(1, len(os.sched_getaffinity(0)) // local)
 
 
 def stored_sizes(params: DataParams) -> dict[str, int]:

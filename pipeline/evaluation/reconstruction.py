@@ -6,11 +6,17 @@ rFID (clean-fid with the offline InceptionV3), LPIPS (offline AlexNet/VGG), SSIM
 bits per pixel and distortion per bit (see metrics.py for the definitions);
 gFID of the prior's samples against the validation images and the prior's validation
 bits per token.
+
+Under torchrun each rank reconstructs and scores its contiguous share of the images (and
+computes the FID features of its share of the prior's samples); the per-image values, tokens
+and features are gathered in rank order, so every rank computes the one-process numbers (the
+MSE sum up to its summation order).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import distributed
 from ..models.autoencoder import VQAutoencoder
 from ..models.inference import reconstruct
 from ..progress import Progress
@@ -45,12 +51,15 @@ def reconstruction_metrics(model: VQAutoencoder, images, *, device, batch_size: 
     n = min(limit or len(images), len(images))
     if n == 0:
         raise ValueError("no images to evaluate")
+    if n < distributed.size():
+        raise ValueError(f"{n} images cannot be shared by {distributed.size()} processes")
     k = model.quantizer.codebook_size
     ref, rec, lp, ss, ps, toks, kept = [], [], [], [], [], [], []
     sq = 0.0
-    bar = Progress("evaluate", n, 0, progress, unit="img")
-    for start in range(0, n, chunk):
-        x = np.ascontiguousarray(images[start:min(start + chunk, n)])
+    mine = distributed.share(n)
+    bar = Progress("evaluate", mine.stop - mine.start, 0, progress and distributed.is_main(), unit="img")
+    for start in range(mine.start, mine.stop, chunk):
+        x = np.ascontiguousarray(images[start:min(start + chunk, mine.stop)])
         recon, tokens = reconstruct(model, x, device, batch_size)
         ref.append(metrics.fid_features(x, device=device, batch_size=batch_size))
         rec.append(metrics.fid_features(recon, device=device, batch_size=batch_size))
@@ -60,19 +69,24 @@ def reconstruction_metrics(model: VQAutoencoder, images, *, device, batch_size: 
         sq += metrics.mse(x, recon) * len(x)
         toks.append(tokens)
         kept.append(recon[:max(0, keep - start)])
-        bar.update(start + len(x), None)
+        bar.update(start + len(x) - mine.start, None)
     bar.close()
-    tokens = np.concatenate(toks)
-    reference = np.concatenate(ref)
+    gather = distributed.gather_array      # identity for one process
+    tokens, reference, rec_feats, kept = (gather(np.concatenate(v)) for v in (toks, ref, rec, kept))
+    lp, ss, ps = (gather(np.concatenate(v)) for v in (lp, ss, ps))
+    if distributed.active():
+        import torch
+
+        sq = distributed.all_reduce_sum(torch.tensor(sq, dtype=torch.float64)).item()
     side = images.shape[1:3]
     levels = tokens.shape[3] if tokens.ndim == 4 else 1
     mse = sq / n
     bpp = metrics.bits_per_pixel(tokens.shape[1:3], side, k, levels)
     out = {
-        "rfid": metrics.fid_from_features(reference, np.concatenate(rec)),
-        "lpips": float(np.mean(np.concatenate(lp))),
-        "ssim": float(np.mean(np.concatenate(ss))),
-        "psnr": float(np.mean(np.concatenate(ps))),
+        "rfid": metrics.fid_from_features(reference, rec_feats),
+        "lpips": float(np.mean(lp)),
+        "ssim": float(np.mean(ss)),
+        "psnr": float(np.mean(ps)),
         "mse": mse,
         "codebook_usage": metrics.codebook_usage(tokens, k),
         "perplexity": metrics.perplexity(tokens, k),
@@ -81,7 +95,7 @@ def reconstruction_metrics(model: VQAutoencoder, images, *, device, batch_size: 
         "num_images": int(n),
         **fid_provenance(),
     }
-    return out, np.concatenate(kept), tokens, reference
+    return out, kept, tokens, reference
 
 
 def generation_metrics(samples: np.ndarray, fid_reference: np.ndarray, prior_report: dict, *, device,
@@ -105,7 +119,8 @@ def generation_metrics(samples: np.ndarray, fid_reference: np.ndarray, prior_rep
     if n < 2:
         out["prior_note"] = f"gfid needs at least 2 prior samples, train_prior made {len(samples)}"
         return out
-    feats = metrics.fid_features(samples[:n], device=device, batch_size=batch_size)
+    mine = distributed.share(n)
+    feats = distributed.gather_array(metrics.fid_features(samples[mine], device=device, batch_size=batch_size))
     out["gfid"] = metrics.fid_from_features(fid_reference, feats)
     out["gfid_num_samples"] = n
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..data import load_split
 from ..models.io import load_autoencoder
 from ..training.device import pick_device
@@ -34,7 +35,8 @@ def run_evaluate(p, prepared: Path, tokenizer: Path, samples: Path, prior_report
     """Metrics of ``tokenizer`` on the validation split (the first ``evaluate.max_images``; 0:
     all, read in chunks) and of the prior's decoded ``samples`` against it; ``curves``: stage -> its loss CSV."""
     ep = p.evaluate
-    device = pick_device()
+    device = distributed.local_device(pick_device())
+    distributed.init(device)
     model, blob = load_autoencoder(tokenizer, device)
     report = json.loads(Path(prior_report).read_text())
     sample_images = np.load(samples, allow_pickle=False)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
+
 GAN_LOSSES = ("hinge", "non_saturating")
 
 #: delta of VQGAN eq. 7 and the clamp of taming-transformers' implementation.
@@ -70,5 +72,7 @@ def adaptive_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: 
     """
     g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_gan = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    if distributed.active():   # the global batch's gradients (each rank's loss is its share's mean)
+        g_rec, g_gan = distributed.all_reduce_mean(g_rec.clone()), distributed.all_reduce_mean(g_gan.clone())
     weight = torch.linalg.vector_norm(g_rec.float()) / (torch.linalg.vector_norm(g_gan.float()) + ADAPTIVE_EPS)
     return weight.clamp(0.0, ADAPTIVE_MAX).detach() * disc_weight

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..configbase import to_dict
 from ..data import load_manifest, load_split
 from ..models.autoencoder import VQAutoencoder
@@ -44,18 +45,25 @@ def validation_pass(model: VQAutoencoder, val, lpips_net: str, device, keep: int
     from ..evaluation.metrics import lpips_distance, mse
 
     mses, sizes, lp, tokens, kept = [], [], [], [], []
-    for start in range(0, len(val), VAL_CHUNK):
-        x = np.ascontiguousarray(val[start:start + VAL_CHUNK])
+    mine = distributed.share(len(val))        # under torchrun: this rank's share, gathered below
+    for start in range(mine.start, mine.stop, VAL_CHUNK):
+        x = np.ascontiguousarray(val[start:min(start + VAL_CHUNK, mine.stop)])
         recon, tok = reconstruct(model, x, device)
         mses.append(mse(x, recon))
         sizes.append(len(x))
         lp.append(lpips_distance(x, recon, net=lpips_net, device=device))
         tokens.append(tok)
         kept.append(recon[:max(0, keep - start)])
-    # One chunk (any split up to VAL_CHUNK images): exactly the one-pass mean.
-    total_mse = mses[0] if len(mses) == 1 else float(np.dot(mses, sizes) / sum(sizes))
-    quality = {"mse": total_mse, "lpips": float(np.mean(np.concatenate(lp)))}
-    return quality, np.concatenate(tokens), np.concatenate(kept)
+    if distributed.active():
+        import torch
+
+        sums = distributed.all_reduce_sum(torch.tensor([float(np.dot(mses, sizes)), sum(sizes)], dtype=torch.float64))
+        total_mse = (sums[0] / sums[1]).item()
+    else:   # one chunk (any split up to VAL_CHUNK images): exactly the one-pass mean
+        total_mse = mses[0] if len(mses) == 1 else float(np.dot(mses, sizes) / sum(sizes))
+    gather = distributed.gather_array
+    quality = {"mse": total_mse, "lpips": float(np.mean(gather(np.concatenate(lp))))}
+    return quality, gather(np.concatenate(tokens)), gather(np.concatenate(kept))
 
 
 def run_refine_gan(p, prepared: Path, vq_model: Path, checkpoint: Path | None = None, on_log=None) -> Refined:
@@ -68,7 +76,8 @@ def run_refine_gan(p, prepared: Path, vq_model: Path, checkpoint: Path | None = 
     rp = p.refine_gan
     val = load_split(prepared, "val")
     n = min(rp.grid_images, len(val))
-    device = pick_device()
+    device = distributed.local_device(pick_device())
+    distributed.init(device)
     model, blob = load_autoencoder(vq_model, device)
     before, tokens_before, recon_before = validation_pass(model, val, p.evaluate.lpips_net, device, n)
     if rp.steps == 0:

@@ -24,12 +24,21 @@ short refinement of an already trained decoder is better served by a discriminat
 has learned something when the generator starts listening to it).
 
 Both optimizers are Adam with betas (0.5, 0.9), as in VQGAN.
+
+Under torchrun the generator's forward and the discriminator's (real and fake together) run
+under DDP, so both updates average the ranks' gradients; the adaptive weight is computed from
+the last layer's gradients averaged over ranks (the global batch's). The discriminator's
+BatchNorm normalises each rank's share of the batch (SyncBatchNorm has no CPU path), as DDP GAN
+trainers without SyncBatchNorm do; its running statistics, unused in training mode, are rank 0's
+(DDP copies them to every rank at each discriminator forward).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
+from .. import distributed
 from ..models.autoencoder import VQAutoencoder
 from ..training.device import compile_autoencoder
 from ..training.loop import TrainResult
@@ -89,6 +98,29 @@ def set_trainable(model: VQAutoencoder, train: str) -> None:
     model.decoder.train()
 
 
+class _Generator(nn.Module):
+    """The generator's forward as one module call (what DDP wraps): ``generator_forward``."""
+
+    def __init__(self, model: VQAutoencoder, t: Training, train_all: bool):
+        super().__init__()
+        self.model, self.train_all = model, train_all
+        self._t = [t]                     # not a submodule
+
+    def forward(self, x):
+        return generator_forward(self.model, x, self._t[0], self.train_all)
+
+
+class _RealFake(nn.Module):
+    """D(real), D(fake) as one module call, so DDP sees one forward per discriminator update."""
+
+    def __init__(self, disc: PatchDiscriminator):
+        super().__init__()
+        self.disc = disc
+
+    def forward(self, real, fake):
+        return self.disc(real), self.disc(fake)
+
+
 def generator_forward(model: VQAutoencoder, x: torch.Tensor, t: Training, train_all: bool):
     """(x_hat fp32, the quantizer's loss or None): the tokenizer's reconstruction of ``x``; with
     ``train_all`` the encoder and quantizer run with gradients (and the quantizer's loss joins)."""
@@ -121,12 +153,13 @@ def nll_loss(x_hat: torch.Tensor, x: torch.Tensor, rp, t: Training, perceptual=N
     return nll, metrics
 
 
-def discriminator_step(disc: PatchDiscriminator, opt_d, x: torch.Tensor, x_hat: torch.Tensor, rp, t: Training,
+def discriminator_step(disc, opt_d, x: torch.Tensor, x_hat: torch.Tensor, rp, t: Training,
                        params: list) -> dict[str, torch.Tensor]:
-    """One discriminator update: real images against the (detached) reconstructions."""
+    """One discriminator update: real images against the (detached) reconstructions. ``disc``:
+    a module giving (D(real), D(fake)) (``_RealFake``, under DDP when several ranks run)."""
     with t.trainer.autocast():
-        logits_real = disc(x).float()
-        logits_fake = disc(x_hat.detach()).float()
+        logits_real, logits_fake = disc(x, x_hat.detach())
+        logits_real, logits_fake = logits_real.float(), logits_fake.float()
     d_loss = discriminator_loss(logits_real, logits_fake, rp.gan_loss)
     optimizer_step(d_loss, opt_d, rp.grad_clip, params)
     return {"d_loss": d_loss, "logits_real": logits_real.mean(), "logits_fake": logits_fake.mean()}
@@ -143,12 +176,15 @@ def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, t: Training
     last_layer = model.decoder.last_layer
     gen_params = [p for g in t.optimizer.param_groups for p in g["params"]]
     disc_params = list(disc.parameters())
+    # find_unused: with the codebook training, a quantizer's parameters may get no gradient.
+    generator = distributed.wrap(_Generator(model, t, train_all), t.device, find_unused=train_all)
+    real_fake = distributed.wrap(_RealFake(disc), t.device, broadcast_buffers=True)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         x = t.batches.batch(step)
         if train_all:
             model.quantizer.set_progress(progress[0] + step, progress[1])
-        x_hat, q_loss = generator_forward(model, x, t, train_all)
+        x_hat, q_loss = generator(x)
         nll, metrics = nll_loss(x_hat, x, rp, t, perceptual)
         loss = nll
         if q_loss is not None:
@@ -166,7 +202,7 @@ def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, t: Training
             metrics.update(g_loss=g_loss, adaptive_weight=weight)
         optimizer_step(loss, t.optimizer, rp.grad_clip, gen_params)
         metrics["loss"] = loss
-        metrics.update(discriminator_step(disc, opt_d, x, x_hat, rp, t, disc_params))
+        metrics.update(discriminator_step(real_fake, opt_d, x, x_hat, rp, t, disc_params))
         return metrics
 
     return step_fn
@@ -185,7 +221,8 @@ def refine_gan(model: VQAutoencoder, train_images: np.ndarray, rp, run: RunOptio
     set_trainable(model, rp.train)
     t = setup_training("refine_gan", rp, model, train_images, total_steps=rp.steps, run=run,
                        parameters=generator_parameters(model, rp.train),
-                       optimizer=lambda params, lp: make_adam(params, lp, betas=GAN_BETAS))
+                       optimizer=lambda params, lp: make_adam(params, lp, betas=GAN_BETAS),
+                       ddp=False)    # the step wraps its generator and discriminator forwards itself
     disc = (disc if disc is not None else build_discriminator(rp, seed=rp.seed)).to(t.device).train()
     opt_d = make_adam(disc.parameters(), rp, lr=rp.disc_lr or rp.lr, betas=GAN_BETAS)
     compile_autoencoder(model, rp.compile)

@@ -22,11 +22,12 @@ def encode_latents(model: VQAutoencoder, images: np.ndarray, device, batch_size:
 
 
 @torch.no_grad()
-def encode_tokens(model: VQAutoencoder, images: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
-    """Token grids: (N, h, w) int64, or (N, h, w, L) for residual VQ."""
+def encode_tokens(model: VQAutoencoder, images: np.ndarray, device, batch_size: int = 256,
+                  rows: slice | None = None) -> np.ndarray:
+    """Token grids of ``images[rows]`` (default all): (N, h, w) int64, or (N, h, w, L) for residual VQ."""
     model.eval()
     out = []
-    for x in input_batches(images, device, batch_size):
+    for x in input_batches(images, device, batch_size, rows):
         out.append(model.quantize(model.encode(x).float()).indices.cpu().numpy().astype(np.int64))
     if not out:
         raise ValueError("no images to tokenize")

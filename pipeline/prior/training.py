@@ -10,6 +10,11 @@ sample new token grids and decode them to images.
 - :func:`nll_bits_per_token` - mean negative log-likelihood over a token set, in bits.
 - :func:`sample_images` - sampled sequences decoded to uint8 images.
 - :func:`run_train_prior` - the train_prior stage's work: tokens, prior, bits, samples.
+
+Under torchrun each rank tokenizes its share of both splits (gathered, so every rank holds all
+tokens), trains under DDP on its share of each global batch with its own dropout stream (rank
+0's is one process's), scores its share of the bits per token (summed over ranks) and samples
+its share of the images (gathered on rank 0, which writes them).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..images import output_to_images
 from ..models.autoencoder import VQAutoencoder
 from ..training.loop import TrainResult
@@ -86,7 +92,7 @@ def train_prior(prior: TokenPrior, train_seq: np.ndarray | torch.Tensor, pp, run
     prior.train()
     sched = torch.optim.lr_scheduler.LambdaLR(t.optimizer, WarmupCosine(pp.warmup_steps, pp.steps, pp.min_lr_ratio))
     # compile: the training forward only (sampling runs every prefix length, which would recompile).
-    forward = torch.compile(prior) if pp.compile else prior
+    forward = torch.compile(t.net) if pp.compile else t.net
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         batch = t.batches.batch(step)
@@ -98,25 +104,37 @@ def train_prior(prior: TokenPrior, train_seq: np.ndarray | torch.Tensor, pp, run
         sched.step()
         return {"loss": loss, "bits_per_token": loss / math.log(2), "lr": lr}
 
-    torch.manual_seed(pp.seed)   # dropout draws (a resumed run restores the checkpoint's RNG state)
+    # Dropout draws (a resumed run restores the checkpoint's RNG states): rank 0 draws one
+    # process's stream, each other rank its own.
+    torch.manual_seed(rank_seed(pp.seed))
     result = t.fit(step_fn, {"prior": prior, "scheduler": sched}, on_log=on_log)
     prior.eval()
     return result
 
 
+def rank_seed(seed: int) -> int:
+    """``seed`` on rank 0 (one process's stream), another seed per other rank."""
+    r = distributed.rank()
+    return seed if r == 0 else (seed * 1_000_003 + 7919 * r) % (1 << 31)
+
+
 @torch.no_grad()
 def nll_bits_per_token(prior: TokenPrior, seq: np.ndarray | torch.Tensor, batch_size: int = 256) -> float:
-    """Mean negative log-likelihood of sequences (N, T) under ``prior`` (eval mode), bits/token."""
+    """Mean negative log-likelihood of sequences (N, T) under ``prior`` (eval mode), bits/token;
+    under torchrun each rank scores its share and the sums are all-reduced."""
     prior.eval()
     device = prior.pos_emb.device
     data = torch.as_tensor(np.asarray(seq), dtype=torch.long)
+    if len(data) == 0:
+        raise ValueError("no sequences to evaluate")
+    data = data[distributed.share(len(data))]
     total, count = 0.0, 0
     for s in range(0, len(data), batch_size):
         batch = data[s:s + batch_size].to(device)
         total += prior.nll(batch).item() * batch.numel()
         count += batch.numel()
-    if count == 0:
-        raise ValueError("no sequences to evaluate")
+    if distributed.active():
+        total, count = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / count / math.log(2)
 
 
@@ -127,20 +145,24 @@ def sample_images(prior: TokenPrior, tokenizer: VQAutoencoder, n: int, grid: tup
     """``n`` token grids sampled from ``prior`` and their decoded images.
 
     Returns (tokens (n, h, w[, L]) int64, images uint8 (n, H, W, 3)); deterministic given
-    ``seed`` on a given device."""
+    ``seed`` on a given device (and number of ranks: under torchrun each rank samples its share
+    of the ``n`` from its own generator, rank 0's seeded by ``seed``, and every rank gets all)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     prior.eval()
     tokenizer.eval()
     device = prior.pos_emb.device
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(rank_seed(seed))
+    mine = distributed.share(n)
     tokens, images = [], []
-    for s in range(0, n, batch_size):
-        seq = prior.sample(min(batch_size, n - s), temperature=temperature, top_k=top_k, generator=gen)
+    for s in range(mine.start, mine.stop, batch_size):
+        seq = prior.sample(min(batch_size, mine.stop - s), temperature=temperature, top_k=top_k, generator=gen)
         grids = sequence_to_grid(seq, grid, prior.levels)
-        images.append(output_to_images(tokenizer.decode_indices(grids.to(device))).cpu().numpy())
-        tokens.append(grids.cpu().numpy())
-    return np.concatenate(tokens), np.concatenate(images)
+        images.append(output_to_images(tokenizer.decode_indices(grids.to(device))).cpu())
+        tokens.append(grids.cpu())
+    if not tokens:
+        raise ValueError(f"rank {distributed.rank()} has no sample to draw: fewer samples ({n}) than ranks")
+    return distributed.gather_array(torch.cat(tokens).numpy()), distributed.gather_array(torch.cat(images).numpy())
 
 
 def sequences(tokens: np.ndarray) -> np.ndarray:
@@ -190,10 +212,15 @@ def run_train_prior(p, prepared, tokenizer_path, checkpoint=None, on_log=None) -
     from ..training.device import pick_device
 
     pp = p.train_prior
-    device = pick_device()
+    device = distributed.local_device(pick_device())
+    distributed.init(device)
     tokenizer, _ = load_autoencoder(tokenizer_path, device)
     k = tokenizer.quantizer.codebook_size
-    grids = {split: encode_tokens(tokenizer, load_split(prepared, split), device) for split in ("train", "val")}
+    grids = {}
+    for split in ("train", "val"):
+        images = load_split(prepared, split)
+        grids[split] = distributed.gather_array(encode_tokens(tokenizer, images, device,
+                                                              rows=distributed.share(len(images))))
     levels = grids["train"].shape[3] if grids["train"].ndim == 4 else 1
     grid = tuple(grids["train"].shape[1:3])
     meta = {"codebook_size": k, "levels": levels, "grid": list(grid), "counts": {s: len(t) for s, t in grids.items()},

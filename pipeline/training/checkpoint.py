@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .. import distributed
 from ..atomic import atomic_path
 from ..digest import file_sha256
 from ..errors import UnreadableFileError, note, warn
@@ -35,12 +36,29 @@ def digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def rng_states(device: torch.device) -> dict:
+    """This process's RNG states: {"cpu": ..., "cuda": ... or None}."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def gather_rng_states(device: torch.device) -> list[dict]:
+    """Every rank's RNG states, in rank order (a collective: every rank calls it)."""
+    mine = rng_states(device)
+    if not distributed.active():
+        return [mine]
+    import torch.distributed as dist
+
+    out: list = [None] * distributed.size()
+    dist.all_gather_object(out, {k: (v.cpu() if v is not None else None) for k, v in mine.items()})
+    return out
+
+
 def save_checkpoint(path: Path, run_fingerprint: str, step: int, history: list, pending: dict,
-                    state: Mapping[str, Any], device: torch.device) -> None:
+                    state: Mapping[str, Any], device: torch.device, rng: list[dict] | None = None) -> None:
     """``pending``: metric sums and counts of the unfinished log interval, so the interval that
-    straddles an interruption still averages over all its steps."""
-    rng = {"cpu": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    straddles an interruption still averages over all its steps. ``rng``: every rank's RNG states
+    (:func:`gather_rng_states`); default this process's. Rank r resumes with ``rng[r]``."""
+    rng = rng if rng is not None else [rng_states(device)]
     digest = atomic_save({"step": step, "fingerprint": run_fingerprint, "history": history, "rng": rng,
                           "pending": pending, "state": {k: v.state_dict() for k, v in state.items()}}, path)
     with atomic_path(digest_path(path)) as tmp:
@@ -85,8 +103,13 @@ def load_checkpoint(path: Path | None, run_fingerprint: str, state: Mapping[str,
         return 0, [], {}
     for key, obj in state.items():
         obj.load_state_dict(ckpt["state"][key])
-    torch.set_rng_state(ckpt["rng"]["cpu"])
-    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    # Rank r takes the states rank r saved; a run resumed on more ranks than wrote the
+    # checkpoint gives the extra ranks rank 0's (they then draw rank 0's stream: the quantizers
+    # keep every rank's RNG equal anyway; train_prior's dropout streams are re-split by rank).
+    saved = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+    mine = saved[distributed.rank()] if distributed.rank() < len(saved) else saved[0]
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda" and mine.get("cuda") is not None:
+        torch.cuda.set_rng_state(mine["cuda"], device)
     note(f"[{name}] resuming from step {ckpt['step']} ({path})")
     return ckpt["step"], ckpt["history"], ckpt["pending"]

@@ -23,7 +23,7 @@ import torch
 
 from .. import distributed
 from ..progress import Progress
-from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .checkpoint import gather_rng_states, load_checkpoint, remove_checkpoint, save_checkpoint
 from .device import amp_dtype, pick_device
 
 
@@ -105,9 +105,10 @@ class Trainer:
                     # is linear in them, so this changes no logged value), are what rank 0 saves.
                     pending_sums = _rank_mean(sums)
                     sums = {k: torch.tensor(v, device=self.device) for k, v in pending_sums.items()}
+                    rng = gather_rng_states(self.device)
                     if main:
                         save_checkpoint(self.checkpoint_path, self.run_fingerprint, step, history,
-                                        {"sums": pending_sums, "counts": counts}, state, self.device)
+                                        {"sums": pending_sums, "counts": counts}, state, self.device, rng)
                 if interrupt:
                     break
         finally:

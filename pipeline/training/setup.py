@@ -52,7 +52,7 @@ class Training:
 
 def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: int, run: RunOptions = RunOptions(),
                    parameters=None, optimizer: Callable[[list, Any], torch.optim.Optimizer] = make_adam,
-                   images: bool = True, find_unused: bool = False) -> Training:
+                   images: bool = True, find_unused: bool = False, ddp: bool = True) -> Training:
     """Device, model on it, optimizer, batches and the Trainer, from a LoopParams section ``lp``.
 
     The model moves to the device (channels-last on CUDA, which only reorders 4-D conv weights);
@@ -62,7 +62,8 @@ def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: 
     ``run.checkpoint`` under ``run.fingerprint`` every lp.checkpoint_every steps and logs every
     lp.log_every. Under torchrun, ``lp.batch_size`` is the global batch (each rank gets its share)
     and ``Training.net`` is the model under DDP (``find_unused``: some trained parameters may get
-    no gradient in a step; see ``distributed.wrap``).
+    no gradient in a step; see ``distributed.wrap``; ``ddp=False``: the recipe wraps its own
+    forwards, ``net`` is the bare model).
     """
     trainer = Trainer(name, total_steps=total_steps, checkpoint_path=run.checkpoint, run_fingerprint=run.fingerprint,
                       checkpoint_every=lp.checkpoint_every, log_every=lp.log_every, precision=lp.precision,
@@ -73,4 +74,5 @@ def setup_training(name: str, lp, model: torch.nn.Module, data, *, total_steps: 
         model.to(memory_format=torch.channels_last)
     opt = optimizer(list(model.parameters()) if parameters is None else list(parameters), lp)
     batches = BatchSource(data, lp.batch_size, lp.seed, dev, images=images, augment=run.augment, workers=run.workers)
-    return Training(trainer, opt, batches, run.stop_after, distributed.wrap(model, dev, find_unused=find_unused))
+    net = distributed.wrap(model, dev, find_unused=find_unused) if ddp else model
+    return Training(trainer, opt, batches, run.stop_after, net)
