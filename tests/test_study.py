@@ -161,3 +161,22 @@ def test_methods_study_runs_dvc_experiments(tmp_path, prefect_api_url, monkeypat
                for r in runs if r.data.tags.get("nsvq.stage") == "train_vq"}
     assert vq_runs == {"study-vq-k16": "vq", "study-ema-k16": "ema"}
     assert [r.data.tags.get("nsvq.stage") for r in runs].count("pretrain") == 1
+
+
+def test_cells_run_in_waves_that_share_the_run_cache():
+    from pipeline.study.flow import cell_waves
+
+    cells = [("vq", 64), ("ema", 64), ("nsvq", 64), ("vq", 128), ("ema", 128)]
+    # the first cell computes prepare and pretrain; each other K's first cell its k-means
+    assert cell_waves(cells) == [[("vq", 64)], [("vq", 128)], [("ema", 64), ("nsvq", 64), ("ema", 128)]]
+    assert cell_waves([("vq", 64)]) == [[("vq", 64)]]
+
+
+def test_concurrent_cells_get_their_own_gpus_or_share_the_cores():
+    from pipeline.study.flow import cell_slots
+
+    assert cell_slots(1) == [{}]
+    assert cell_slots(2, gpus=8) == [{"CUDA_VISIBLE_DEVICES": "0,1,2,3"}, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}]
+    assert cell_slots(2, gpus=0, cores=16) == [{"OMP_NUM_THREADS": "8"}] * 2
+    with pytest.raises(ValueError, match="--jobs 4 needs at least 4 GPUs"):
+        cell_slots(4, gpus=2)

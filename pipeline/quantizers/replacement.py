@@ -26,8 +26,9 @@ replacement; Gumbel: selection is by logits, not distance). A ``ResidualVQ`` is 
 per level, each with its own usage counts and its own last latents (its input residual).
 
 Under torchrun a round decides the same on every rank: the usage counts are already summed over
-ranks (base.py), the candidates are drawn with the RNG state every rank shares, and ``random``
-draws from the global batch's latents (gathered), so the result is one process's.
+ranks (base.py), the candidates are drawn with the RNG state every rank shares (and rank 0's are
+broadcast), and ``random`` draws from the global batch's latents (gathered), so the result is one
+process's.
 
 The whole round is tensor ops of fixed shape (no host sync): every code gets a candidate
 and ``torch.where`` keeps the candidate only for dead codes.
@@ -104,6 +105,9 @@ class CodeReplacement:
             latents = distributed.all_gather_cat(latents)
             src = torch.randint(0, latents.shape[0], (k,), device=latents.device)
             candidates = quantizer.code_space(latents[src]).to(codebook.dtype)
-        quantizer.reseed_codes(dead, candidates)
+        # Every rank drew the same candidates (equal RNG states and inputs); rank 0's are sent to
+        # all anyway, a K x D copy per round, so kernels that differ between devices cannot
+        # split the ranks' codebooks.
+        quantizer.reseed_codes(dead, distributed.broadcast(candidates.contiguous()))
         counts.zero_()
         return dead.sum()

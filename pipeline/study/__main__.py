@@ -3,6 +3,7 @@ experiment, gathered into reports/study/methods.{csv,md}).
 
     python -m pipeline.study                                  # all methods, K = 128 512, default budget
     python -m pipeline.study --methods vq nsvq --codebook-sizes 128 --set train_vq.track_steps=600
+    python -m pipeline.study --jobs 2                         # two cells at a time (one GPU each, or half the cores)
     python -m pipeline.study --dry-run                        # print the cells' commands only
 
 Set PREFECT_API_URL (e.g. a running ``prefect server start``) to keep the flow runs after
@@ -24,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="reports/study", help="output folder, relative to --repo")
     ap.add_argument("--repo", default=".", help="the repository (folder with dvc.yaml)")
     ap.add_argument("--cell-timeout", type=float, default=None, help="seconds before a cell counts as failed")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="cells run at once (each pinned to its share of the GPUs, or of the cores)")
     ap.add_argument("--dry-run", action="store_true", help="print the budget and each cell's command, run nothing")
     return ap
 
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         from .flow import telemetry_off, methods_study
 
         telemetry_off()
-        rows = methods_study(args.methods, args.codebook_sizes, overrides, args.out, args.repo, args.cell_timeout)
+        rows = methods_study(args.methods, args.codebook_sizes, overrides, args.out, args.repo, args.cell_timeout,
+                             args.jobs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,14 +2,24 @@
 
     methods_study(methods, codebook_sizes, overrides=None, out_dir="reports/study")
 
-Cells run one after another (one machine; each cell is a whole training run), K-major so
-each K's k-means init is computed once and restored from DVC's run-cache afterwards. A
-failing cell is a row marked failed, and the flow goes on (tasks have no retries: a
-deterministic pipeline fails the same way twice).
+Cells are ``dvc exp run --temp`` subprocesses, each in its own temporary copy of the
+repository, so ``jobs`` of them run at once through Prefect's thread-pool task runner (the
+flow already runs each cell as a task, with its log, timeout and failure row; DVC's own queue,
+``dvc queue start --jobs N``, would run the same experiments through Celery workers outside
+the flow, and report failures only through ``dvc queue logs``). They go in three waves so that
+the shared stages are computed once and restored from DVC's run-cache afterwards: the first
+cell alone (prepare, pretrain, its K's k-means), then the first cell of each other K (its
+k-means), then all the others. Each running cell holds a slot: with GPUs, slot i is pinned to
+its share of them (``CUDA_VISIBLE_DEVICES``); on the CPU the cores are shared out
+(``OMP_NUM_THREADS``), since two torch processes each using every core thrash. A wave of fewer
+cells than ``jobs`` (the first one) shares the machine among its cells only. A failing cell
+is a row marked failed, and the flow goes on (tasks have no retries: a deterministic pipeline
+fails the same way twice).
 """
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 from pathlib import Path
 
@@ -73,11 +83,48 @@ def ensure_mlflow_experiment(root: Path) -> None:
     experiment_id(MlflowClient(tracking_uri=tracking_uri(root)), root)
 
 
+def cell_slots(jobs: int, gpus: int | None = None, cores: int | None = None) -> list[dict[str, str]]:
+    """The environment each of ``jobs`` concurrent cells runs with: its own GPUs (``gpus``
+    split into ``jobs`` contiguous groups; a GPU count below ``jobs`` is an error), else its
+    share of the ``cores`` as torch threads. ``jobs == 1``: the machine as it is."""
+    if jobs == 1:
+        return [{}]
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if os.environ.get("NSVQ_DEVICE", "cuda").startswith("cuda") else 0
+    if gpus:
+        if gpus < jobs:
+            raise ValueError(f"--jobs {jobs} needs at least {jobs} GPUs (one per cell), this machine has {gpus}")
+        per = gpus // jobs
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in range(i * per, (i + 1) * per))} for i in range(jobs)]
+    cores = cores or len(os.sched_getaffinity(0))
+    return [{"OMP_NUM_THREADS": str(max(1, cores // jobs))} for _ in range(jobs)]
+
+
+def cell_waves(cells: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """(method, K) cells in K-major order -> [first cell], [first cell of each other K], [the rest]."""
+    if not cells:
+        return []
+    leaders = [next(c for c in cells if c[1] == k) for k in dict.fromkeys(k for _, k in cells)]
+    return [w for w in ([cells[0]], leaders[1:], [c for c in cells if c not in leaders]) if w]
+
+
+_SLOTS: "queue.Queue[dict[str, str]]" = queue.Queue()
+
+
 @task(retries=0, cache_policy=NO_CACHE)
 def study_cell(root: Path, method: str, k: int, budget: dict[str, str], api_url: str | None,
                timeout: float | None) -> dict:
     logger = get_run_logger()
-    result: CellRun = run_cell(root, method, k, budget, cell_env(root, api_url), timeout, log=logger.info)
+    slot = _SLOTS.get()           # blocks until a slot is free (one per concurrent cell)
+    try:
+        env = {**cell_env(root, api_url), **slot}
+        if slot:
+            logger.info(f"{experiment_name(method, k)}: " + " ".join(f"{key}={v}" for key, v in slot.items()))
+        result: CellRun = run_cell(root, method, k, budget, env, timeout, log=logger.info)
+    finally:
+        _SLOTS.put(slot)
     if result.status == "ok":
         logger.info(f"{result.name}: done in {result.wall_seconds:.0f} s")
     else:
@@ -93,14 +140,36 @@ def collect(root: Path, cells: list[dict], budget: dict[str, str], api_url: str 
     return build_table(cells, exp_show(root, cell_env(root, api_url)), budget, times)
 
 
-@flow(name="methods_study")
 def methods_study(methods: list[str], codebook_sizes: list[int], overrides: dict[str, str] | None = None,
-                  out_dir: str = "reports/study", repo: str = ".", cell_timeout: float | None = None) -> list[dict]:
-    """Run every (method, K) cell as a DVC experiment and write ``out_dir``/methods.{csv,md}.
+                  out_dir: str = "reports/study", repo: str = ".", cell_timeout: float | None = None,
+                  jobs: int = 1) -> list[dict]:
+    """Run every (method, K) cell as a DVC experiment, ``jobs`` at a time, and write
+    ``out_dir``/methods.{csv,md}.
 
     ``overrides`` are the budget keys shared by all cells (see budget.py; None: the default
     budget). Returns the table's rows.
     """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    cell_slots(jobs)               # fails early when there are fewer GPUs than jobs
+    runner = ThreadPoolTaskRunner(max_workers=jobs)
+    return _methods_study.with_options(task_runner=runner)(methods, codebook_sizes, overrides, out_dir, repo,
+                                                            cell_timeout, jobs)
+
+
+def _fill_slots(n: int) -> None:
+    """The slots of a wave of ``n`` concurrent cells (the previous wave has ended)."""
+    while not _SLOTS.empty():
+        _SLOTS.get_nowait()
+    for slot in cell_slots(n):
+        _SLOTS.put(slot)
+
+
+@flow(name="methods_study")
+def _methods_study(methods: list[str], codebook_sizes: list[int], overrides: dict[str, str] | None,
+                   out_dir: str, repo: str, cell_timeout: float | None, jobs: int = 1) -> list[dict]:
     logger = get_run_logger()
     root = Path(repo).resolve()
     methods = resolve_methods(methods)
@@ -112,8 +181,12 @@ def methods_study(methods: list[str], codebook_sizes: list[int], overrides: dict
                        + ", ".join(untracked.split()))
     ensure_mlflow_experiment(root)
     api_url = prefect_api_url()
-    cells = [study_cell.with_options(task_run_name=experiment_name(m, k))(root, m, k, budget, api_url, cell_timeout)
-             for k in codebook_sizes for m in methods]
+    cells = []
+    for wave in cell_waves([(m, k) for k in codebook_sizes for m in methods]):
+        _fill_slots(min(jobs, len(wave)))
+        futures = [study_cell.with_options(task_run_name=experiment_name(m, k)).submit(
+            root, m, k, budget, api_url, cell_timeout) for m, k in wave]
+        cells += [f.result() for f in futures]
     df = collect(root, cells, budget, api_url)
     written = write_table(df, root / out_dir, study_command(methods, codebook_sizes, budget), budget,
                           _git(root, "rev-parse", "--short", "HEAD") or "unknown")
