@@ -122,9 +122,10 @@ class Trainer:
 
 def _rank_mean(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     """{key: float} of device sums averaged over ranks: one stack, one all-reduce, one host read.
-    Every rank holds the same keys (the same schedule runs everywhere)."""
+    Every rank holds the same keys in the same order (the same step runs everywhere); the order
+    is kept, since it is the order of the history's rows and of the model files' ``final``."""
     if not sums:
         return {}
-    keys = sorted(sums)
+    keys = list(sums)
     values = distributed.all_reduce_mean(torch.stack([sums[k].float() for k in keys])).tolist()
     return dict(zip(keys, values))
