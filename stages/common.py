@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -178,6 +179,10 @@ def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult
             try:
                 work(p, paths, SilentRun())
             except UserError as e:
+                # Rank 0 runs the same work and meets the same error: waiting lets its one line
+                # be the report (torchrun then stops this rank). An error only this rank meets
+                # (a file missing on its machine) is reported after the wait.
+                time.sleep(RANK_ERROR_GRACE_S)
                 exit_on_user_error(e)
             finally:
                 distributed.close()
@@ -224,6 +229,11 @@ def run_stage(name: str, work: Callable[[Any, SimpleNamespace, Any], StageResult
         exit_on_user_error(user_error[0])
 
 
+#: How long a rank other than 0 waits, after a user error, for rank 0 to report it (rank 0 may
+#: first start a Prefect server: 10-20 s here).
+RANK_ERROR_GRACE_S = 60
+
+
 def under_torchrun() -> bool:
     """True in a process torchrun started (it sets TORCHELASTIC_RUN_ID and LOCAL_RANK)."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -249,7 +259,9 @@ def launch_torchrun(name: str, processes: int) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        rank, failure = min(e.failures.items())
+        rank, failure = e.get_first_failure()     # the root cause; the others were stopped by torchrun
+        if failure.exitcode == 2:                 # a user error: the rank printed its one line
+            return 2
         print(f"error: {name}: rank {rank} of {processes} failed (exit status {failure.exitcode}); "
               "the other ranks were stopped", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1

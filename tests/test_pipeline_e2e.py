@@ -429,6 +429,10 @@ def test_two_processes_rerun_every_stage_after_prepare(workdir, tmp_path):
     parent = runs[-1].data.tags["mlflow.parentRunId"]
     stages = [r.data.tags.get("nsvq.stage") for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     assert sorted(stages) == sorted(STAGES[1:]), stages
+    # A user error under torchrun: one error line (rank 0's), exit status 2, the other rank stopped.
+    (repo / "models" / "pretrain.pt").rename(tmp_path / "pretrain.pt")
+    _one_error_line(_stage(repo, env, "kmeans_init"), "models/pretrain.pt is missing")
+    (tmp_path / "pretrain.pt").rename(repo / "models" / "pretrain.pt")
     # The count is a param: changing it back makes every stage after prepare stale.
     _set_params(repo, {"distributed": {"processes": 1}})
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=repo, env=env, capture_output=True, text=True)
