@@ -85,15 +85,6 @@ def local_device(preference: torch.device) -> torch.device:
     return preference
 
 
-def check_divisible(n: int, what: str) -> int:
-    """``n / world size``, or a ValueError naming ``what`` when the shares would differ."""
-    w = size()
-    if n % w:
-        raise ValueError(f"{what}: {n} is not divisible by the {w} processes of this run "
-                         "(each takes an equal share)")
-    return n // w
-
-
 def share(n: int) -> slice:
     """This rank's contiguous share of ``n`` rows (the last ranks get one row fewer when ``n``
     does not divide: used to shard evaluation sets, never training batches)."""

@@ -103,11 +103,10 @@ class _Generator(nn.Module):
 
     def __init__(self, model: VQAutoencoder, t: Training, train_all: bool):
         super().__init__()
-        self.model, self.train_all = model, train_all
-        self._t = [t]                     # not a submodule
+        self.model, self.t, self.train_all = model, t, train_all   # t: a dataclass, not a submodule
 
     def forward(self, x):
-        return generator_forward(self.model, x, self._t[0], self.train_all)
+        return generator_forward(self.model, x, self.t, self.train_all)
 
 
 class _RealFake(nn.Module):
