@@ -83,7 +83,7 @@ def make_step(images, method: str, k: int, optimized: bool, seed: int = 0, weigh
     precision = "bf16" if optimized else "fp32"
     tp = build(TrainVQParams, {"track_steps": 10**6, "freeze_steps": 0, "batch_size": BATCH, "lr": 2e-4,
                                "precision": precision, "compile": optimized, "seed": seed})
-    step_fn, _ = prepare_vq_training(model, images, tp, CodeReplacement.from_params(qp.replacement),
+    step_fn, _, _ = prepare_vq_training(model, images, tp, CodeReplacement.from_params(qp.replacement),
                                      RunOptions(device=DEVICE, progress=False))
     return step_fn, model
 

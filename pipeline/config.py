@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from .configbase import ConfigError, build, fail, flatten, param, to_dict
+from .models.registry import ARCHS
 from .quantizers.registry import METHODS
 
 __all__ = ["ConfigError", "Params", "load_params", "to_dict", "flatten"]
@@ -41,18 +42,18 @@ class DataParams:
             fail(self, "train_store_size", f"must be 0 or >= data.image_size ({self.image_size})")
 
 
-@dataclass
-class ModelParams:
-    """The convolutional VQ-VAE of the NS-VQ paper (strided convs, residual stack, 1x1 to D)."""
-    hidden_channels: int = param(128, ge=1)
-    res_channels: int = param(32, ge=1)
-    num_res_blocks: int = param(2, ge=0)
-    downsample: int = param(4, ge=2, doc="spatial downsampling factor, a power of two")
-    code_dim: int = param(64, ge=1)
+def _model_params() -> type:
+    """The ``model`` section: the architecture, the code dimension, then one section per
+    registered architecture (``model.<arch>``: its options dataclass, pipeline/models/registry.py)."""
+    shared = [
+        ("arch", Literal[tuple(ARCHS)], param("ns_vqvae", doc="an architecture of pipeline/models/registry.py")),
+        ("code_dim", int, param(64, ge=1, doc="dimension D of the latents and codes")),
+    ]
+    sections = [(a.name, a.options, field(default_factory=a.options)) for a in ARCHS.values()]
+    return make_dataclass("ModelParams", shared + sections, namespace={"__module__": __name__})
 
-    def check(self) -> None:
-        if self.downsample & (self.downsample - 1):
-            fail(self, "downsample", "must be a power of two")
+
+ModelParams = _model_params()
 
 
 @dataclass
@@ -162,39 +163,71 @@ class KMeansParams:
 
 
 @dataclass
-class TrainVQParams(LoopParams):
+class AdversarialParams:
+    """The VQGAN loss terms (Esser et al. 2021, "Taming Transformers", sec. 3.1;
+    taming-transformers' ``VQLPIPSWithDiscriminator``), shared by train_vq and refine_gan:
+
+        nll    = rec(x_hat, x) + perceptual_weight * LPIPS(x_hat, x)
+        L_G    = nll + lambda * L_GAN(D(x_hat))      (from step disc_start)
+        lambda = disc_weight * ||grad_W nll|| / (||grad_W L_GAN|| + 1e-4)   (adaptive_weight; W the
+                 decoder's last layer; VQGAN eq. 7), or disc_weight itself (SimVQ's gen_loss_weight)
+        L_D    = the discriminator loss on D(x) and D(sg(x_hat))
+
+    The defaults here switch every extra term off (train_vq's MSE run); refine_gan sets its own.
+    """
+    rec_loss: Literal["mse", "l1"] = param("mse", doc="pixel reconstruction loss (VQGAN: l1)")
+    perceptual_weight: float = param(0.0, ge=0, doc="weight of the LPIPS term (offline weights); 0: none")
+    perceptual_net: Literal["alex", "vgg"] = param("alex", doc="LPIPS backbone of the perceptual loss (VQGAN: vgg)")
+    disc_weight: float = param(0.0, ge=0, doc="scale of the GAN term's weight (VQGAN: 0.8); 0: no GAN term")
+    adaptive_weight: bool = param(True, doc="lambda adapts as VQGAN eq. 7; false: lambda = disc_weight")
+    disc_start: int = param(0, ge=0, doc="step at which the generator's GAN term switches on")
+    gan_loss: Literal["hinge", "non_saturating"] = param("hinge", doc="GAN objective of both players")
+    disc_layers: int = param(3, ge=1, le=6, doc="strided conv layers of the patch discriminator (VQGAN: 3)")
+    disc_channels: int = param(64, ge=1, doc="width of the discriminator's first layer (doubles per layer, max 8x)")
+    disc_lr: float = param(0.0, ge=0, doc="discriminator learning rate; 0: same as lr")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.disc_weight > 0
+
+
+@dataclass
+class TrainVQParams(LoopParams, AdversarialParams):
+    """train_vq: the two NSVQ phases. Loss: rec (+ LPIPS, + GAN from disc_start: AdversarialParams,
+    all off by default) + the quantizer's loss. Unlike refine_gan's, this discriminator idles
+    until ``disc_start``, as in taming-transformers (its ``disc_factor`` is 0 before it)."""
     track_steps: int = param(800, ge=0, doc="phase 1: encoder, decoder and codebook train (drift tracking)")
     freeze_steps: int = param(400, ge=0, doc="phase 2: encoder frozen, codebook and decoder settle")
     steps_per_epoch: int = param(0, ge=0, doc="steps per tau epoch; 0: one pass over the training set")
     kmeans_init: bool = param(True, doc="start from the k-means codebook of kmeans_init")
+    betas: list[float] = param(default_factory=lambda: [0.9, 0.999],
+                               doc="Adam betas of the autoencoder (torch's default; VQGAN and SimVQ: 0.5, 0.9)")
+    ema_decay: float = param(0.0, ge=0, lt=1, doc="EMA of the autoencoder's weights, written as the model "
+                                                  "file (SimVQ: 0.999); 0: off")
 
     def check(self) -> None:
         if self.track_steps + self.freeze_steps < 1:
             fail(self, "track_steps", "plus train_vq.freeze_steps must be at least 1")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            fail(self, "betas", "must be two numbers in [0, 1)")
 
 
 @dataclass
-class RefineGANParams(LoopParams):
-    """refine_gan: adversarial refinement of the tokenizer (VQGAN's loss, Esser et al. 2021).
-
-    Generator loss: rec + perceptual_weight * LPIPS + lambda * disc_weight * L_G, lambda the
-    adaptive weight ||grad L_rec|| / (||grad L_G|| + 1e-4) at the decoder's last layer.
-    The discriminator trains from step 0; the generator's GAN term switches on at
-    ``disc_start``. ``steps: 0`` passes models/vq.pt through unchanged.
+class RefineGANParams(LoopParams, AdversarialParams):
+    """refine_gan: adversarial refinement of the tokenizer (VQGAN's loss, Esser et al. 2021;
+    the terms: :class:`AdversarialParams`). The discriminator trains from step 0; the
+    generator's GAN term switches on at ``disc_start``. ``steps: 0`` passes models/vq.pt through
+    unchanged.
     """
     steps: int = param(300, ge=0, doc="refinement steps; 0 skips the stage (tokenizer = train_vq's model)")
     lr: float = param(1e-4, gt=0, doc="generator (decoder, and encoder/codebook if trained) learning rate")
-    disc_lr: float = param(0.0, ge=0, doc="discriminator learning rate; 0: same as lr")
     disc_start: int = param(100, ge=0, doc="discriminator warm-up: steps before the generator's GAN term switches on")
     disc_weight: float = param(0.1, ge=0, doc="scale of the adaptive GAN weight (VQGAN: 0.8)")
     perceptual_weight: float = param(1.0, ge=0, doc="weight of the LPIPS term")
-    perceptual_net: Literal["alex", "vgg"] = param("alex", doc="LPIPS backbone of the perceptual loss (VQGAN: vgg)")
     rec_loss: Literal["l1", "mse"] = param("l1", doc="pixel reconstruction loss (VQGAN: l1)")
-    gan_loss: Literal["hinge", "non_saturating"] = param("hinge", doc="GAN objective of both players")
     train: Literal["decoder", "decoder_encoder_codebook"] = param(
         "decoder", doc="what the generator updates; 'decoder' keeps encoder and codebook (so the tokens) fixed")
     disc_layers: int = param(2, ge=1, le=6, doc="strided conv layers of the patch discriminator")
-    disc_channels: int = param(64, ge=1, doc="width of the discriminator's first layer (doubles per layer, max 8x)")
     grid_images: int = param(8, ge=1, le=64, doc="validation images in the before/after grid")
 
 
@@ -266,16 +299,19 @@ class Params:
     distributed: DistributedParams = field(default_factory=DistributedParams)
 
     def check(self) -> None:
-        if self.data.image_size % self.model.downsample:
+        arch = getattr(self.model, self.model.arch)
+        if self.data.image_size % arch.factor:
             raise ConfigError(
-                f"data.image_size: {self.data.image_size} is not divisible by "
-                f"model.downsample ({self.model.downsample})")
+                f"data.image_size: {self.data.image_size} is not divisible by the downsampling factor "
+                f"{arch.factor} of model.{self.model.arch}")
+        if hasattr(arch, "check_image_size"):
+            arch.check_image_size(self.data.image_size, f"model.{self.model.arch}")
         # The patch discriminator halves the image disc_layers times, then two 4x4 convs
         # (stride 1, padding 1) take one pixel each: at least one logit must remain.
-        if self.data.image_size >> self.refine_gan.disc_layers < 3:
-            fail(self.refine_gan, "disc_layers",
-                 f"is too deep for data.image_size {self.data.image_size} "
-                 f"(needs image_size / 2**disc_layers >= 3)")
+        for section in (self.refine_gan, self.train_vq):
+            if (section is self.refine_gan or section.adversarial) and self.data.image_size >> section.disc_layers < 3:
+                fail(section, "disc_layers", f"is too deep for data.image_size {self.data.image_size} "
+                                             f"(needs image_size / 2**disc_layers >= 3)")
         if self.train_prior.top_k > self.quantizer.codebook_size:
             fail(self.train_prior, "top_k", f"must be <= quantizer.codebook_size ({self.quantizer.codebook_size})")
         if self.train_prior.steps and self.evaluate.gfid_samples > self.train_prior.num_samples:

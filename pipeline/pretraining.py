@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .configbase import to_dict
 from .data import load_manifest, load_split
-from .models.autoencoder import VQAutoencoder
+from .models.autoencoder import VQAutoencoder, model_config
 from .training.checkpoint import fingerprint
 from .training.device import compile_autoencoder
 from .training.loop import TrainResult
@@ -43,7 +43,7 @@ def pretrain(p, prepared: Path, checkpoint: Path | None = None, on_log=None) -> 
     manifest = load_manifest(prepared)
     pp = p.pretrain
     torch.manual_seed(pp.seed)            # the initial weights are part of what params fix
-    model = VQAutoencoder.from_params(p.model)
-    run = RunOptions(checkpoint, fingerprint(to_dict(p.model), to_dict(pp), manifest["sha256"], p.data.augment),
+    model = VQAutoencoder.from_params(p.model, image_size=p.data.image_size)
+    run = RunOptions(checkpoint, fingerprint(model_config(p.model), to_dict(pp), manifest["sha256"], p.data.augment),
                      augment=p.data.augment, workers=p.data.workers)
     return model, pretrain_autoencoder(model, load_split(prepared, "train"), pp, run, on_log)

@@ -7,8 +7,12 @@ Phase 2, "freeze" (``freeze_steps``): the encoder is frozen so the latent geomet
 moving; the codebook settles onto it and the decoder adapts. No replacement here (the
 NSVQ paper replaces codes only while the encoder drifts).
 
-Loss per step: MSE(x_hat, x) + quantizer loss. The tau schedule of NS-VQ is driven by
-``quantizer.set_progress(step, epoch)`` with epoch = step / steps_per_epoch.
+Loss per step: rec(x_hat, x) (MSE by default) + quantizer loss, plus, when train_vq's
+AdversarialParams switch them on, LPIPS and the patch-GAN term from ``disc_start`` (the
+VQGAN recipe; pipeline/gan/adversarial.py). The discriminator idles before ``disc_start``. The
+tau schedule of NS-VQ is driven by ``quantizer.set_progress(step, epoch)`` with epoch =
+step / steps_per_epoch. With ``ema_decay`` > 0 an EMA of the weights (training/weight_ema.py)
+follows every step; the stage writes it as the model file.
 """
 from __future__ import annotations
 
@@ -18,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
 from .config import method_params
 from .configbase import to_dict
 from .data import load_manifest, load_split
+from .gan.adversarial import AdversarialLoss
 from .kmeans import load_codebook_init
 from .models.autoencoder import VQAutoencoder
 from .models.io import load_autoencoder
@@ -31,8 +34,9 @@ from .quantizers.replacement import CodeReplacement
 from .training.checkpoint import fingerprint
 from .training.device import compile_autoencoder
 from .training.loop import TrainResult
-from .training.optim import optimizer_step
+from .training.optim import make_adam, optimizer_step
 from .training.setup import RunOptions, Training, setup_training
+from .training.weight_ema import WeightEMA
 
 
 def steps_per_epoch(tp, num_train: int) -> int:
@@ -44,7 +48,8 @@ def set_encoder_frozen(model: VQAutoencoder, frozen: bool) -> None:
     model.encoder.train(not frozen)
 
 
-def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplacement, per_epoch: int):
+def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplacement, per_epoch: int,
+                 adv: AdversarialLoss, ema: WeightEMA | None = None):
     """The train_vq step: ``step_fn(step) -> metrics`` (0-dim device tensors, no host sync)."""
     quantizer = model.quantizer
 
@@ -58,13 +63,22 @@ def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplace
             # One forward through t.net (DDP under torchrun); in phase 2 the encoder's weights
             # need no gradient, so its part builds no graph. The quantizer runs in fp32 itself.
             x_hat, out = t.net(x)
-        rec = F.mse_loss(x_hat.float(), x)
-        loss = rec + out.loss
+        x_hat = x_hat.float()
+        nll, terms = adv.nll(x_hat, x)
+        loss = nll + out.loss
+        gan_term, gan_metrics = adv.generator_gan_term(nll, x_hat, step)
+        if gan_term is not None:
+            loss = loss + gan_term
         optimizer_step(loss, t.optimizer, tp.grad_clip)
-        metrics = {"loss": loss, "rec_loss": rec, "vq_loss": out.loss, **out.stats}
+        metrics = {"loss": loss, "rec_loss": terms["rec_loss"], "vq_loss": out.loss, **out.stats}
+        if adv.perceptual is not None or adv.disc is not None:
+            metrics.update({k: v for k, v in terms.items() if k != "rec_loss"}, **gan_metrics)
+            metrics.update(adv.discriminator_update(x, x_hat, step))
         replaced = replacement(quantizer, step + 1)
         if replaced is not None:
             metrics["codes_replaced"] = replaced.float()
+        if ema is not None:
+            ema.update(model)
         return metrics
 
     return step_fn
@@ -72,23 +86,32 @@ def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplace
 
 def prepare_vq_training(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: CodeReplacement,
                         run: RunOptions = RunOptions()):
-    """The set-up and the step of two-phase VQ training; returns (step_fn, Training)."""
+    """The set-up and the step of two-phase VQ training; returns (step_fn, Training, state):
+    ``state`` the stateful objects a checkpoint holds (model, discriminator, weight EMA)."""
     # One optimizer over everything; frozen encoder params simply get no gradient in phase 2.
     # find_unused: phase 2 trains no encoder weight, SF-DiVeQ's warm-up no code.
     t = setup_training("train_vq", tp, model, train_images, total_steps=tp.track_steps + tp.freeze_steps, run=run,
-                       find_unused=True)
+                       optimizer=lambda params, lp: make_adam(params, lp, betas=tuple(tp.betas)), find_unused=True)
+    # taming-transformers idles its discriminator until disc_start (disc_factor 0 before it).
+    adv = AdversarialLoss(tp, t, model.decoder.last_layer, disc_from=tp.disc_start)
     compile_autoencoder(model, tp.compile)
     model.train()
+    ema = WeightEMA(model, tp.ema_decay) if tp.ema_decay > 0 else None
     if replacement.until_step < 0:
         replacement.until_step = tp.track_steps
-    return make_vq_step(model, t, tp, replacement, steps_per_epoch(tp, len(train_images))), t
+    state = {"model": model, **adv.state(), **({"weight_ema": ema} if ema is not None else {})}
+    return make_vq_step(model, t, tp, replacement, steps_per_epoch(tp, len(train_images)), adv, ema), t, state
 
 
 def train_vq(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: CodeReplacement,
              run: RunOptions = RunOptions(), on_log=None) -> TrainResult:
-    """Two-phase VQ training of ``model`` (encoder/decoder from pretrain, quantizer attached)."""
-    step_fn, t = prepare_vq_training(model, train_images, tp, replacement, run)
-    return t.fit(step_fn, {"model": model}, on_log=on_log)
+    """Two-phase VQ training of ``model`` (encoder/decoder from pretrain, quantizer attached).
+    With ``tp.ema_decay`` > 0 the result's ``ema_state_dict`` holds the averaged weights."""
+    step_fn, t, state = prepare_vq_training(model, train_images, tp, replacement, run)
+    result = t.fit(step_fn, state, on_log=on_log)
+    if "weight_ema" in state:
+        result.ema_state_dict = state["weight_ema"].averaged_state_dict(model)
+    return result
 
 
 @dataclass

@@ -12,7 +12,7 @@ def work(p, paths, run) -> StageResult:
     model, result = pretrain(p, paths.prepared, paths.checkpoint("pretrain"), on_log=lambda s, m: run.log_metrics(m, s))
     if not distributed.is_main():
         return None
-    save_autoencoder(paths.pretrain_model, model, model.config, meta={"steps": result.steps, "final": result.final})
+    save_autoencoder(paths.pretrain_model, model, meta={"steps": result.steps, "final": result.final})
     write_history_csv(paths.pretrain_curve, result.history)
     return StageResult({"final_loss": result.final.get("loss"), "train_seconds": result.seconds,
                         "resumed_from_step": result.resumed_from},

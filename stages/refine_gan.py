@@ -24,7 +24,7 @@ def work(p, paths, run) -> StageResult:
     if out.model is None:
         write_atomic(paths.tokenizer, vq_model.read_bytes())
     else:
-        save_autoencoder(paths.tokenizer, out.model, out.blob["model"], out.blob["quantizer"],
+        save_autoencoder(paths.tokenizer, out.model, out.blob["quantizer"],
                          meta={**out.blob["meta"], "refine_gan": {"steps": out.result.steps, "final": out.result.final}})
     write_atomic(paths.refine_gan_grid, out.grid_png)
     write_history_csv(paths.refine_gan_curve, out.history)

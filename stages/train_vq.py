@@ -17,8 +17,12 @@ def work(p, paths, run) -> StageResult:
     result = trained.result
     # progress: where the quantizer's schedules (NS-VQ's tau, Gumbel's temperature) stopped;
     # refine_gan continues from there when it trains the codebook.
-    save_autoencoder(paths.vq_model, trained.model, trained.model.config, method_params(p.quantizer),
-                     meta={"steps": result.steps, "final": result.final, "progress": trained.progress})
+    # With train_vq.ema_decay the model file holds the EMA of the weights: what refine_gan,
+    # train_prior and evaluate read.
+    weights = "live" if result.ema_state_dict is None else f"ema {p.train_vq.ema_decay}"
+    save_autoencoder(paths.vq_model, trained.model, method_params(p.quantizer),
+                     meta={"steps": result.steps, "final": result.final, "progress": trained.progress,
+                           "weights": weights}, state_dict=result.ema_state_dict)
     write_history_csv(paths.train_vq_curve, result.history)
     summary = {"train_seconds": result.seconds, "steps": result.steps,
                **{f"final_{k}": v for k, v in result.final.items()}}

@@ -87,7 +87,8 @@ def main() -> None:
         one_run("nsvq", checkpoint=Path(sys.argv[3]), checkpoint_every=10, on_log=die_at_25)
     elif scenario == "gan":
         from pipeline.config import RefineGANParams
-        from pipeline.gan.training import build_discriminator, refine_gan
+        from pipeline.gan.adversarial import build_discriminator
+        from pipeline.gan.training import refine_gan
 
         for train in ("decoder", "decoder_encoder_codebook"):
             model, _ = one_run("nsvq")

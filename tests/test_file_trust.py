@@ -69,10 +69,10 @@ def test_a_malicious_checkpoint_is_not_resumed_and_runs_nothing(tmp_path, capsys
 
 
 def _tiny_model_file(path):
-    mp = build(ModelParams, {"hidden_channels": 8, "res_channels": 4, "num_res_blocks": 1,
-                             "downsample": 2, "code_dim": 4}, "model")
+    mp = build(ModelParams, {"code_dim": 4, "ns_vqvae": {"hidden_channels": 8, "res_channels": 4,
+                                                         "num_res_blocks": 1, "downsample": 2}}, "model")
     qp = build(QuantizerParams, {"method": "vq", "codebook_size": 8}, "quantizer")
-    save_autoencoder(path, VQAutoencoder.from_params(mp, build_quantizer(qp, 4)), mp, qp)
+    save_autoencoder(path, VQAutoencoder.from_params(mp, build_quantizer(qp, 4)), qp)
 
 
 def test_a_truncated_or_missing_model_file_is_an_error_naming_it(tmp_path):

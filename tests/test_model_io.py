@@ -12,7 +12,7 @@ from pipeline.models.io import load_autoencoder, save_autoencoder
 from pipeline.quantizers import build_quantizer
 from pipeline.quantizers.registry import METHODS
 
-TINY_MODEL = {"hidden_channels": 16, "res_channels": 8, "num_res_blocks": 1, "downsample": 2, "code_dim": 4}
+TINY_MODEL = {"code_dim": 4, "ns_vqvae": {"hidden_channels": 16, "res_channels": 8, "num_res_blocks": 1, "downsample": 2}}
 
 
 @pytest.mark.parametrize("levels", [1, 2])
@@ -31,7 +31,7 @@ def test_every_method_round_trips_through_a_model_file(tmp_path, method, levels)
         model(x)
 
     path = tmp_path / "model.pt"
-    save_autoencoder(path, model, mp, qp, meta={"method": method})
+    save_autoencoder(path, model, qp, meta={"method": method})
     loaded, blob = load_autoencoder(path)
 
     assert blob["meta"] == {"method": method}

@@ -31,7 +31,7 @@ STAGES = ["prepare", "pretrain", "kmeans_init", "train_vq", "refine_gan", "train
 
 TINY = {
     "data": {"image_size": 32, "demo_train_crops": 96, "demo_val_crops": 12},
-    "model": {"hidden_channels": 16, "res_channels": 8, "num_res_blocks": 1, "downsample": 4, "code_dim": 8},
+    "model": {"code_dim": 8, "ns_vqvae": {"hidden_channels": 16, "res_channels": 8, "num_res_blocks": 1, "downsample": 4}},
     "quantizer": {"codebook_size": 16, "replacement": {"period": 10}},
     "pretrain": {"steps": 30, "batch_size": 8, "log_every": 5, "checkpoint_every": 10},
     "kmeans_init": {"iters": 5},

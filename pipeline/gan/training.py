@@ -23,7 +23,8 @@ term switches on at ``disc_start`` (taming-transformers instead idles both until
 short refinement of an already trained decoder is better served by a discriminator that
 has learned something when the generator starts listening to it).
 
-Both optimizers are Adam with betas (0.5, 0.9), as in VQGAN.
+Both optimizers are Adam with betas (0.5, 0.9), as in VQGAN. The loss terms and the
+discriminator are pipeline/gan/adversarial.py's, which train_vq uses too.
 
 Under torchrun the generator's forward and the discriminator's (real and fake together) run
 under DDP, so both updates average the ranks' gradients; the adaptive weight is computed from
@@ -44,41 +45,8 @@ from ..training.device import compile_autoencoder
 from ..training.loop import TrainResult
 from ..training.optim import make_adam, optimizer_step
 from ..training.setup import RunOptions, Training, setup_training
+from .adversarial import GAN_BETAS, AdversarialLoss
 from .discriminator import PatchDiscriminator
-from .losses import adaptive_weight, discriminator_loss, generator_loss, reconstruction_loss
-
-GAN_BETAS = (0.5, 0.9)
-
-
-def build_discriminator(rp, seed: int | None = None) -> PatchDiscriminator:
-    """The patch discriminator of a RefineGANParams section (seeded init when ``seed`` given)."""
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return PatchDiscriminator(3, rp.disc_channels, rp.disc_layers)
-    return PatchDiscriminator(3, rp.disc_channels, rp.disc_layers)
-
-
-def perceptual_loss_fn(net: str, device: torch.device):
-    """LPIPS(x_hat, x) averaged over the batch, differentiable in x_hat (offline weights).
-
-    Images smaller than the backbone accepts are upsampled first, as the LPIPS metric does."""
-    import torch.nn.functional as F
-
-    from ..evaluation.metrics import LPIPS_MIN_SIDE
-    from ..evaluation.nets import load_lpips
-
-    lpips_model = load_lpips(net, device)
-    min_side = LPIPS_MIN_SIDE[net]
-
-    def loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        side = min(x.shape[-2:])
-        if side < min_side:
-            x_hat = F.interpolate(x_hat, scale_factor=min_side / side, mode="bilinear", align_corners=False)
-            x = F.interpolate(x, scale_factor=min_side / side, mode="bilinear", align_corners=False)
-        return lpips_model(x_hat, x).mean()
-
-    return loss
 
 
 def generator_parameters(model: VQAutoencoder, train: str) -> list[torch.nn.Parameter]:
@@ -109,17 +77,6 @@ class _Generator(nn.Module):
         return generator_forward(self.model, x, self.t, self.train_all)
 
 
-class _RealFake(nn.Module):
-    """D(real), D(fake) as one module call, so DDP sees one forward per discriminator update."""
-
-    def __init__(self, disc: PatchDiscriminator):
-        super().__init__()
-        self.disc = disc
-
-    def forward(self, real, fake):
-        return self.disc(real), self.disc(fake)
-
-
 def generator_forward(model: VQAutoencoder, x: torch.Tensor, t: Training, train_all: bool):
     """(x_hat fp32, the quantizer's loss or None): the tokenizer's reconstruction of ``x``; with
     ``train_all`` the encoder and quantizer run with gradients (and the quantizer's loss joins)."""
@@ -138,70 +95,35 @@ def generator_forward(model: VQAutoencoder, x: torch.Tensor, t: Training, train_
     return x_hat.float(), q_loss
 
 
-def nll_loss(x_hat: torch.Tensor, x: torch.Tensor, rp, t: Training, perceptual=None):
-    """(rec + perceptual_weight * LPIPS, its terms as metrics)."""
-    rec = reconstruction_loss(x_hat, x, rp.rec_loss)
-    metrics = {"rec_loss": rec}
-    nll = rec
-    if perceptual is not None:
-        with t.trainer.autocast():
-            p_loss = perceptual(x_hat, x).float()
-        nll = rec + rp.perceptual_weight * p_loss
-        metrics["perceptual_loss"] = p_loss
-    metrics["nll_loss"] = nll
-    return nll, metrics
-
-
-def discriminator_step(disc, opt_d, x: torch.Tensor, x_hat: torch.Tensor, rp, t: Training,
-                       params: list) -> dict[str, torch.Tensor]:
-    """One discriminator update: real images against the (detached) reconstructions. ``disc``:
-    a module giving (D(real), D(fake)) (``_RealFake``, under DDP when several ranks run)."""
-    with t.trainer.autocast():
-        logits_real, logits_fake = disc(x, x_hat.detach())
-        logits_real, logits_fake = logits_real.float(), logits_fake.float()
-    d_loss = discriminator_loss(logits_real, logits_fake, rp.gan_loss)
-    optimizer_step(d_loss, opt_d, rp.grad_clip, params)
-    return {"d_loss": d_loss, "logits_real": logits_real.mean(), "logits_fake": logits_fake.mean()}
-
-
-def make_refine_step(model: VQAutoencoder, disc: PatchDiscriminator, t: Training, opt_d, rp, perceptual=None,
+def make_refine_step(model: VQAutoencoder, t: Training, adv: AdversarialLoss, rp,
                      progress: tuple[int, float] = (0, 0.0)):
     """The refine_gan step: ``step_fn(step) -> metrics`` (0-dim device tensors, no host sync).
 
-    ``perceptual(x_hat, x)``: the LPIPS term (None when perceptual_weight is 0).
-    ``progress``: (step, epoch) where train_vq left the quantizer's schedules.
+    ``adv``: the run's loss terms and discriminator. ``progress``: (step, epoch) where train_vq
+    left the quantizer's schedules.
     """
     train_all = rp.train == "decoder_encoder_codebook"
-    last_layer = model.decoder.last_layer
     gen_params = [p for g in t.optimizer.param_groups for p in g["params"]]
-    disc_params = list(disc.parameters())
     # find_unused: with the codebook training, a quantizer's parameters may get no gradient.
     generator = distributed.wrap(_Generator(model, t, train_all), t.device, find_unused=train_all)
-    real_fake = distributed.wrap(_RealFake(disc), t.device, broadcast_buffers=True)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         x = t.batches.batch(step)
         if train_all:
             model.quantizer.set_progress(progress[0] + step, progress[1])
         x_hat, q_loss = generator(x)
-        nll, metrics = nll_loss(x_hat, x, rp, t, perceptual)
+        nll, metrics = adv.nll(x_hat, x)
         loss = nll
         if q_loss is not None:
             loss = nll + q_loss
             metrics["vq_loss"] = q_loss
-        # Generator: the GAN term (with its adaptive weight) once the warm-up is over.
-        if step >= rp.disc_start and rp.disc_weight > 0:
-            disc.requires_grad_(False)            # D's weights get no gradient from L_G
-            with t.trainer.autocast():
-                g_logits = disc(x_hat)
-            g_loss = generator_loss(g_logits.float(), rp.gan_loss)
-            weight = adaptive_weight(nll, g_loss, last_layer, rp.disc_weight)
-            loss = loss + weight * g_loss
-            disc.requires_grad_(True)
-            metrics.update(g_loss=g_loss, adaptive_weight=weight)
+        gan_term, gan_metrics = adv.generator_gan_term(nll, x_hat, step)
+        if gan_term is not None:
+            loss = loss + gan_term
+            metrics.update(gan_metrics)
         optimizer_step(loss, t.optimizer, rp.grad_clip, gen_params)
         metrics["loss"] = loss
-        metrics.update(discriminator_step(real_fake, opt_d, x, x_hat, rp, t, disc_params))
+        metrics.update(adv.discriminator_update(x, x_hat, step))
         return metrics
 
     return step_fn
@@ -222,13 +144,11 @@ def refine_gan(model: VQAutoencoder, train_images: np.ndarray, rp, run: RunOptio
                        parameters=generator_parameters(model, rp.train),
                        optimizer=lambda params, lp: make_adam(params, lp, betas=GAN_BETAS),
                        ddp=False)    # the step wraps its generator and discriminator forwards itself
-    disc = (disc if disc is not None else build_discriminator(rp, seed=rp.seed)).to(t.device).train()
-    opt_d = make_adam(disc.parameters(), rp, lr=rp.disc_lr or rp.lr, betas=GAN_BETAS)
+    adv = AdversarialLoss(rp, t, model.decoder.last_layer, disc_from=0, always_discriminator=True, disc=disc)
     compile_autoencoder(model, rp.compile)
-    perceptual = perceptual_loss_fn(rp.perceptual_net, t.device) if rp.perceptual_weight > 0 else None
-    step_fn = make_refine_step(model, disc, t, opt_d, rp, perceptual, progress)
+    step_fn = make_refine_step(model, t, adv, rp, progress)
     torch.manual_seed(rp.seed)   # the quantizer's noise when it trains (a resume restores the RNG state)
-    result = t.fit(step_fn, {"model": model, "discriminator": disc, "opt_d": opt_d}, on_log=on_log)
+    result = t.fit(step_fn, {"model": model, **adv.state()}, on_log=on_log)
     model.requires_grad_(True)
     model.eval()
     return result

@@ -1,9 +1,11 @@
 """Saving and loading autoencoders with the params that built them.
 
-A model file holds ``{"model": ModelParams dict, "quantizer": the quantizer params its method
-reads (config.method_params) or None, "state_dict": ..., "meta": {...}}``, so any stage (or a
-notebook) can rebuild it without params.yaml. Files are written atomically. Files written
-before the search options became ``quantizer.search`` load too (``upgrade_quantizer_params``).
+A model file holds ``{"model": the model params its architecture reads (autoencoder.model_config),
+"image_size": the side it was built for, "quantizer": the quantizer params its method reads
+(config.method_params) or None, "state_dict": ..., "meta": {...}}``, so any stage (or a notebook)
+can rebuild it without params.yaml. Files are written atomically. Older files load too: before
+``model.arch`` the model section was the ns_vqvae options (``upgrade_model_params``), before
+``quantizer.search`` the search options were quantizer keys (``upgrade_quantizer_params``).
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from ..torchio import atomic_save, cpu_state_dict, load_state, safe_load
 from .autoencoder import VQAutoencoder
 
 
-def save_autoencoder(path: str | Path, model: VQAutoencoder, model_params, quantizer_params=None,
-                     meta: dict[str, Any] | None = None) -> None:
-    atomic_save({"model": to_dict(model_params),
+def save_autoencoder(path: str | Path, model: VQAutoencoder, quantizer_params=None,
+                     meta: dict[str, Any] | None = None, state_dict: dict | None = None) -> None:
+    """``model`` with its config; ``state_dict``: weights to store instead of the model's own
+    (train_vq's EMA of the weights)."""
+    atomic_save({"model": model.config, "image_size": model.image_size,
                  "quantizer": to_dict(quantizer_params) if quantizer_params is not None else None,
-                 "state_dict": cpu_state_dict(model), "meta": meta or {}}, path)
+                 "state_dict": cpu_state_dict(model) if state_dict is None else state_dict, "meta": meta or {}}, path)
 
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQAutoencoder, dict]:
@@ -34,7 +38,7 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
     if not isinstance(blob, dict) or not {"model", "state_dict"} <= blob.keys():
         raise UnreadableFileError(f"{path}: not a model file of this project (needs 'model' and 'state_dict')")
     try:
-        mp = build(ModelParams, blob["model"], "model")
+        mp = build(ModelParams, upgrade_model_params(blob["model"]), "model")
         quantizer = None
         if blob.get("quantizer") is not None:
             from ..quantizers import build_quantizer
@@ -43,9 +47,18 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
             quantizer = build_quantizer(qp, mp.code_dim)
     except ConfigError as e:
         raise UnreadableFileError(f"{path}: the params stored in this model file are invalid ({e})") from None
-    model = VQAutoencoder.from_params(mp, quantizer)
+    model = VQAutoencoder.from_params(mp, quantizer, image_size=blob.get("image_size"))
     load_state(model, blob["state_dict"], path)
     return model.to(device).eval(), blob
+
+
+def upgrade_model_params(d: dict) -> dict:
+    """Model params of a file written before ``model.arch``: the flat keys were ns_vqvae's
+    options and code_dim. Today's params pass through unchanged."""
+    if "arch" in d:
+        return d
+    d = dict(d)
+    return {"arch": "ns_vqvae", "code_dim": d.pop("code_dim", 64), "ns_vqvae": d}
 
 
 def upgrade_quantizer_params(d: dict) -> dict:

@@ -212,20 +212,12 @@ TABLE_END = "<!-- end of methods table -->"
 
 def readme_with_table(text: str) -> str:
     """``text`` (the README) with the part between the table markers replaced by markdown_table()."""
-    head, sep, rest = text.partition(TABLE_BEGIN)
-    _, sep2, tail = rest.partition(TABLE_END)
-    if not sep or not sep2:
-        raise ValueError(f"the README lacks the markers {TABLE_BEGIN!r} ... {TABLE_END!r}")
-    return f"{head}{TABLE_BEGIN}\n{markdown_table()}\n{TABLE_END}{tail}"
+    from ..readme_tables import replace_between
+
+    return replace_between(text, TABLE_BEGIN, TABLE_END, markdown_table())
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
+    from ..readme_tables import main
 
-    if sys.argv[1:] == ["--readme"]:
-        readme = Path(__file__).resolve().parents[2] / "README.md"
-        readme.write_text(readme_with_table(readme.read_text()))
-        print(f"wrote the methods table into {readme}")
-    else:
-        print(markdown_table())
+    main("methods", TABLE_BEGIN, TABLE_END, markdown_table)

@@ -34,6 +34,8 @@ class TrainResult:
     resumed_from: int
     seconds: float
     final: dict[str, float] = field(default_factory=dict)
+    #: the averaged weights (a state dict on the CPU) when the run kept an EMA of them, else None
+    ema_state_dict: dict | None = None
 
 
 class Trainer:
