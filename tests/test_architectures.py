@@ -168,3 +168,14 @@ def test_vqgan_at_256_px_with_attention_at_16_loads():
         path = Path(d) / "params.yaml"
         path.write_text(yaml.safe_dump(raw))
         assert load_params(path).model.vqgan.factor == 16
+
+
+def test_dvc_reads_only_the_selected_architectures_section():
+    from stages.common import stage_param_keys
+
+    raw = _raw()
+    keys = stage_param_keys("pretrain", raw)
+    assert {"model.arch", "model.code_dim", "model.ns_vqvae"} <= set(keys)
+    assert not {"model", "model.vqgan", "model.ns_imagenet"} & set(keys)
+    raw["model"]["arch"] = "vqgan"
+    assert "model.vqgan" in stage_param_keys("pretrain", raw)
