@@ -79,3 +79,28 @@ def test_skipping_the_prior_lifts_the_gfid_sample_check(tmp_path):
         r["evaluate"]["gfid_samples"] = 1000
     p = _load(tmp_path, mutate)
     assert p.train_prior.steps == 0 and p.evaluate.gfid_samples == 1000
+
+
+def test_params_yaml_lists_every_param():
+    """params.yaml is where a user reads the params: every field of the schema is in it (a section
+    written ``{}`` stands for its defaults, as the search kernels' do)."""
+    import dataclasses
+    import typing
+
+    from pipeline.config import Params
+
+    def missing(cls, tree: dict, prefix: str) -> list[str]:
+        if tree == {}:
+            return []
+        out, hints = [], typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in tree:
+                out.append(prefix + f.name)
+            elif dataclasses.is_dataclass(hints[f.name]):
+                out += missing(hints[f.name], tree[f.name] or {}, f"{prefix}{f.name}.")
+        return out
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert missing(Params, raw, "") == []
+    del raw["train_vq"]["ema_decay"], raw["quantizer"]["nsvq"]["lam"]
+    assert missing(Params, raw, "") == ["quantizer.nsvq.lam", "train_vq.ema_decay"]
