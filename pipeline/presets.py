@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path
-from .config import ConfigError, Params, load_params
+from .config import ConfigError, Params
 from .configbase import build
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"

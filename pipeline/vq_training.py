@@ -71,14 +71,14 @@ def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplace
             loss = loss + gan_term
         optimizer_step(loss, t.optimizer, tp.grad_clip)
         metrics = {"loss": loss, "rec_loss": terms["rec_loss"], "vq_loss": out.loss, **out.stats}
-        if adv.perceptual is not None or adv.disc is not None:
+        if adv.perceptual is not None or adv.disc is not None:   # the default run logs what it always did
             metrics.update({k: v for k, v in terms.items() if k != "rec_loss"}, **gan_metrics)
-            metrics.update(adv.discriminator_update(x, x_hat, step))
+        metrics.update(adv.discriminator_update(x, x_hat, step))     # {} without a discriminator
         replaced = replacement(quantizer, step + 1)
         if replaced is not None:
             metrics["codes_replaced"] = replaced.float()
         if ema is not None:
-            ema.update(model)
+            ema.update()
         return metrics
 
     return step_fn

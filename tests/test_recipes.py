@@ -50,7 +50,7 @@ def test_weight_ema_is_the_moving_average_of_the_weights():
     for w in (3.0, 5.0):
         with torch.no_grad():
             lin.weight.fill_(w)
-        ema.update(lin)
+        ema.update()
     # 1 -> 0.5 * 1 + 0.5 * 3 = 2 -> 0.5 * 2 + 0.5 * 5 = 3.5
     assert ema.averaged_state_dict(lin)["weight"].item() == 3.5
     assert lin.weight.item() == 5.0                      # the live weights are left alone

@@ -60,7 +60,8 @@ class _RealFake(nn.Module):
 
 
 class AdversarialLoss:
-    """``generator_terms`` and ``discriminator_update`` of one run.
+    """The loss terms of one run: ``nll`` (rec + perceptual), ``generator_gan_term`` and
+    ``discriminator_update``.
 
     ``ap``: an AdversarialParams section (with a LoopParams' lr, grad_clip, seed). The
     discriminator exists when ``ap.disc_weight > 0`` or ``always_discriminator`` (refine_gan

@@ -21,14 +21,17 @@ class WeightEMA:
         if not 0 < decay < 1:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.names = [n for n, p in model.named_parameters() if p.is_floating_point()]
-        params = dict(model.named_parameters())
-        self.shadow = [params[n].detach().clone().float() for n in self.names]
+        named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+        self.names = [n for n, _ in named]
+        # The parameter objects themselves: loading a state dict or compiling copies into them,
+        # so they stay the model's for the whole run (update needs no lookup per step).
+        self.params = [p for _, p in named]
+        self.shadow = [p.detach().clone().float() for p in self.params]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        torch._foreach_lerp_(self.shadow, [params[n].detach().float() for n in self.names], 1.0 - self.decay)
+    def update(self) -> None:
+        """One step of the average over the parameters of the model it was built from."""
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
 
     def averaged_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``model``'s state dict (on the CPU) with every averaged parameter replaced by its shadow."""
@@ -38,7 +41,7 @@ class WeightEMA:
         return state
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "names": list(self.names), "shadow": [s.clone() for s in self.shadow]}
+        return {"decay": self.decay, "names": list(self.names), "shadow": list(self.shadow)}
 
     def load_state_dict(self, state: dict) -> None:
         if state["names"] != self.names:
