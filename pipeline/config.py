@@ -199,7 +199,10 @@ class TrainVQParams(LoopParams, AdversarialParams):
     track_steps: int = param(800, ge=0, doc="phase 1: encoder, decoder and codebook train (drift tracking)")
     freeze_steps: int = param(400, ge=0, doc="phase 2: encoder frozen, codebook and decoder settle")
     steps_per_epoch: int = param(0, ge=0, doc="steps per tau epoch; 0: one pass over the training set")
-    kmeans_init: bool = param(True, doc="start from the k-means codebook of kmeans_init")
+    init: Literal["kmeans", "random", "scratch"] = param(
+        "kmeans", doc="kmeans: the pretrained autoencoder, every method's codebook from kmeans_init's codes "
+                      "(one shared start); random: the pretrained autoencoder, each method's reference codebook "
+                      "init; scratch: no pretraining (a fresh autoencoder, seeded by seed) and the reference init")
     betas: list[float] = param(default_factory=lambda: [0.9, 0.999],
                                doc="Adam betas of the autoencoder (torch's default; VQGAN and SimVQ: 0.5, 0.9)")
     ema_decay: float = param(0.0, ge=0, lt=1, doc="EMA of the autoencoder's weights, written as the model "
@@ -268,6 +271,8 @@ class PriorParams(LoopParams):
 class EvaluateParams:
     batch_size: int = param(64, ge=1)
     max_images: int = param(0, ge=0, doc="cap on validation images (0: all)")
+    train_usage_images: int = param(0, ge=0, doc="training images whose tokens count for train_codebook_usage "
+                                                 "(the first N; 0: the whole training split)")
     grid_images: int = param(16, ge=1, le=256)
     lpips_net: Literal["alex", "vgg"] = "alex"
     gfid_samples: int = param(0, ge=0, doc="prior samples in the generation FID; 0: all of train_prior.num_samples")

@@ -12,7 +12,9 @@ AdversarialParams switch them on, LPIPS and the patch-GAN term from ``disc_start
 VQGAN recipe; pipeline/gan/adversarial.py). The discriminator idles before ``disc_start``. The
 tau schedule of NS-VQ is driven by ``quantizer.set_progress(step, epoch)`` with epoch =
 step / steps_per_epoch. With ``ema_decay`` > 0 an EMA of the weights (training/weight_ema.py)
-follows every step; the stage writes it as the model file.
+follows every step; the stage writes it as the model file. Every token assigned in an epoch
+is counted, and the epoch's codebook usage, perplexity and dead codes are logged at its last
+step (``epoch_usage`` ...: evaluation/usage.py), the training-set figure the papers report.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from .config import method_params
 from .configbase import to_dict
 from .data import load_manifest, load_split
+from .evaluation.usage import EpochUsage
 from .gan.adversarial import AdversarialLoss
 from .kmeans import load_codebook_init
 from .models.autoencoder import VQAutoencoder
@@ -49,15 +52,16 @@ def set_encoder_frozen(model: VQAutoencoder, frozen: bool) -> None:
 
 
 def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplacement, per_epoch: int,
-                 adv: AdversarialLoss, ema: WeightEMA | None = None):
-    """The train_vq step: ``step_fn(step) -> metrics`` (0-dim device tensors, no host sync)."""
+                 adv: AdversarialLoss, ema: WeightEMA | None = None, usage: EpochUsage | None = None):
+    """The train_vq step: ``step_fn(step) -> metrics`` (0-dim device tensors, no host sync
+    except at an epoch's last step, where ``usage`` reports the epoch's codebook usage)."""
     quantizer = model.quantizer
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         frozen = step >= tp.track_steps
         if frozen == model.encoder.training:   # phase boundary (also right after a resume)
             set_encoder_frozen(model, frozen)
-        quantizer.set_progress(step, step / per_epoch)
+        quantizer.set_progress(step, step / per_epoch, tp.track_steps + tp.freeze_steps)
         x = t.batches.batch(step)
         with t.trainer.autocast():
             # One forward through t.net (DDP under torchrun); in phase 2 the encoder's weights
@@ -71,6 +75,10 @@ def make_vq_step(model: VQAutoencoder, t: Training, tp, replacement: CodeReplace
             loss = loss + gan_term
         optimizer_step(loss, t.optimizer, tp.grad_clip)
         metrics = {"loss": loss, "rec_loss": terms["rec_loss"], "vq_loss": out.loss, **out.stats}
+        if usage is not None:
+            usage.add(out.indices)
+            if (step + 1) % per_epoch == 0:
+                metrics.update(usage.take())
         if adv.perceptual is not None or adv.disc is not None:   # the default run logs what it always did
             metrics.update({k: v for k, v in terms.items() if k != "rec_loss"}, **gan_metrics)
         metrics.update(adv.discriminator_update(x, x_hat, step))     # {} without a discriminator
@@ -99,8 +107,11 @@ def prepare_vq_training(model: VQAutoencoder, train_images: np.ndarray, tp, repl
     ema = WeightEMA(model, tp.ema_decay) if tp.ema_decay > 0 else None
     if replacement.until_step < 0:
         replacement.until_step = tp.track_steps
-    state = {"model": model, **adv.state(), **({"weight_ema": ema} if ema is not None else {})}
-    return make_vq_step(model, t, tp, replacement, steps_per_epoch(tp, len(train_images)), adv, ema), t, state
+    levels = getattr(model.quantizer, "num_levels", 1)
+    usage = EpochUsage(model.quantizer.codebook_size, levels, t.trainer.device)
+    state = {"model": model, **adv.state(), "epoch_usage": usage, **({"weight_ema": ema} if ema is not None else {})}
+    per_epoch = steps_per_epoch(tp, len(train_images))
+    return make_vq_step(model, t, tp, replacement, per_epoch, adv, ema, usage), t, state
 
 
 def train_vq(model: VQAutoencoder, train_images: np.ndarray, tp, replacement: CodeReplacement,
@@ -123,17 +134,24 @@ class TrainedVQ:
 
 def run_train_vq(p, prepared: Path, pretrain_model: Path, codebook_init: Path | None,
                  checkpoint: Path | None = None, on_log=None) -> TrainedVQ:
-    """The train_vq stage: the pretrained autoencoder with the quantizer of ``p.quantizer``
-    (seeded by ``p.train_vq.seed``, from the k-means codes when ``train_vq.kmeans_init`` and the
-    method uses them), trained in two phases on the prepared training split."""
+    """The train_vq stage: the autoencoder with the quantizer of ``p.quantizer`` (seeded by
+    ``p.train_vq.seed``), started as ``train_vq.init`` says, trained in two phases on the
+    prepared training split:
+
+    - ``kmeans``: the pretrained weights; every method's codebook starts from the k-means
+      codes (SimVQ: C := codes, W := I; TransVQ: C := codes, the block near the identity;
+      Gumbel: E := codes, nearest-code logits; FC: the codes mapped into its code space;
+      SF-DiVeQ: the codes, no warm-up; see each method's ``init_codebook``);
+    - ``random``: the pretrained weights, each method's reference init (VQ tables
+      U(-1/K, 1/K), SimVQ/TransVQ's frozen N(0, 1/D) table, SF-DiVeQ's warm-up, ...);
+    - ``scratch``: a freshly initialised autoencoder of the pretrained one's architecture
+      (pretraining skipped) and the reference init."""
     tp, qp = p.train_vq, p.quantizer
     manifest = load_manifest(prepared)
-    model, _ = load_autoencoder(pretrain_model)
-    torch.manual_seed(tp.seed)            # the quantizer's initial tables are part of what params fix
+    torch.manual_seed(tp.seed)            # the initial tables (and a scratch model) are part of what params fix
+    model, _ = load_autoencoder(pretrain_model, weights=tp.init != "scratch")
     model.quantizer = build_quantizer(qp, model.config["code_dim"])
-    # Methods whose codebook is a transform of a frozen table (simvq, transvq) or that
-    # initialise themselves (sf_diveq) skip the k-means codes.
-    if tp.kmeans_init and model.quantizer.uses_kmeans_init:
+    if tp.init == "kmeans":
         model.quantizer.init_codebook(load_codebook_init(codebook_init, qp.codebook_size, model.quantizer.dim))
     run = RunOptions(checkpoint, fingerprint(model.config, method_params(qp), to_dict(tp), manifest["sha256"],
                                              p.data.augment), augment=p.data.augment, workers=p.data.workers)

@@ -9,7 +9,7 @@ from stages.common import StageResult, require, run_stage, write_history_csv, wr
 
 
 def work(p, paths, run) -> StageResult:
-    init = require(paths.codebook_init, "kmeans_init") if p.train_vq.kmeans_init else None
+    init = require(paths.codebook_init, "kmeans_init") if p.train_vq.init == "kmeans" else None
     trained = run_train_vq(p, paths.prepared, require(paths.pretrain_model, "pretrain"), init,
                            paths.checkpoint("train_vq"), on_log=lambda s, m: run.log_metrics(m, s))
     if not distributed.is_main():

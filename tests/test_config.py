@@ -37,7 +37,7 @@ def test_repo_params_load_and_round_trip():
     (lambda r: r["quantizer"].__setitem__("method", "magic"), "quantizer.method", "'magic'"),
     (lambda r: r["model"]["ns_vqvae"].__setitem__("downsample", 3), "model.ns_vqvae.downsample", "3"),
     (lambda r: r["data"].__setitem__("image_size", 34), "data.image_size", "34"),
-    (lambda r: r["train_vq"].__setitem__("kmeans_init", "yes"), "train_vq.kmeans_init", "'yes'"),
+    (lambda r: r["train_vq"].__setitem__("init", "yes"), "train_vq.init", "'yes'"),
     (lambda r: r["evaluate"].__setitem__("batch_size", 2.5), "evaluate.batch_size", "2.5"),
     (lambda r: r["refine_gan"].__setitem__("gan_loss", "wasserstein"), "refine_gan.gan_loss", "'wasserstein'"),
     (lambda r: r["refine_gan"].__setitem__("train", "encoder"), "refine_gan.train", "'encoder'"),

@@ -278,7 +278,7 @@ def test_reconstruction_metrics_stream_in_chunks_to_the_same_numbers(photos):
                                                             chunk=2)
     assert np.array_equal(kept_w, kept_p) and kept_w.shape == (3, 32, 32, 3)
     assert np.array_equal(tokens_w, tokens_p) and np.allclose(ref_w, ref_p, atol=1e-5)
-    for key in ("rfid", "lpips", "ssim", "psnr", "mse", "codebook_usage", "perplexity"):
+    for key in ("rfid", "lpips", "ssim", "psnr", "mse", "val_codebook_usage", "val_perplexity", "val_dead_codes"):
         assert whole[key] == pytest.approx(parts[key], rel=1e-5, abs=1e-6), key
     assert whole["num_images"] == 5 and whole["fid_implementation"].startswith("clean-fid ")
     assert "InceptionV3" in whole["fid_feature_network"]

@@ -59,7 +59,7 @@ def test_a_model_file_in_the_older_params_layout_still_loads(tmp_path):
     model = VQAutoencoder.from_params(mp, build_quantizer(qp, mp.code_dim)).eval()
     old = {k: v for k, v in to_dict(qp).items() if k not in METHODS and k != "search"}
     old.update(method="sf_diveq_detach", search_chunk=64, kernel_precision="fp32",
-               sf_diveq={"sigma": 0.001, "skip_steps": 0, "avg_steps": 0, "inference": "codes"})
+               sf_diveq={"sigma": 0.001, "skip_steps": 0, "avg_steps": 0, "inference": "codes"})   # sigma: an old file's key
     atomic_save({"model": to_dict(mp), "quantizer": old, "state_dict": cpu_state_dict(model), "meta": {}},
                 tmp_path / "old.pt")
     loaded, _ = load_autoencoder(tmp_path / "old.pt")

@@ -117,10 +117,13 @@ def test_full_pipeline_then_selective_reruns(workdir):
     assert _repro(root, env) == STAGES
 
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    for key in ("rfid", "lpips", "ssim", "psnr", "codebook_usage", "perplexity", "distortion_per_bit", "gfid",
-                "bits_per_token", "token_entropy_bits"):
+    for key in ("rfid", "lpips", "ssim", "psnr", "val_codebook_usage", "val_perplexity", "train_codebook_usage",
+                "train_perplexity", "distortion_per_bit", "gfid", "bits_per_token", "token_entropy_bits"):
         assert isinstance(metrics[key], float), key
-    assert 0 < metrics["codebook_usage"] <= 1 and 1 <= metrics["perplexity"] <= 16
+    for split in ("val", "train"):
+        assert 0 < metrics[f"{split}_codebook_usage"] <= 1 and 1 <= metrics[f"{split}_perplexity"] <= 16
+        assert metrics[f"{split}_dead_codes"] == round(16 * (1 - metrics[f"{split}_codebook_usage"]))
+    assert metrics["train_usage_tokens"] > metrics["val_usage_tokens"]
     assert metrics["rfid"] > 0 and 0 < metrics["lpips"] < 1 and metrics["psnr"] > 5
     assert metrics["gfid"] > 0 and metrics["gfid_num_samples"] == 8
     assert 0 < metrics["bits_per_token"] < 8 and 0 < metrics["token_entropy_bits"] <= 4   # K = 16: log2 K = 4
@@ -150,6 +153,7 @@ def test_full_pipeline_then_selective_reruns(workdir):
     vq_run = by_stage["train_vq"]
     assert len(client.get_metric_history(vq_run.info.run_id, "loss")) == 6          # step-wise, every 5 steps
     assert vq_run.data.params["quantizer.method"] == "nsvq"
+    assert len(client.get_metric_history(vq_run.info.run_id, "epoch_usage")) >= 1       # training-set usage per epoch
     gan_run = by_stage["refine_gan"]
     for key in ("d_loss", "nll_loss", "logits_real", "logits_fake"):
         assert _metric_steps(client, gan_run, key) == [2, 4, 6], key

@@ -91,4 +91,4 @@ def test_every_stage_runs_a_few_steps_of_the_scaled_down_preset(tmp_path, monkey
     results = {s: importlib.import_module(f"stages.{s}").work(p, paths, SilentRun()) for s in STAGES}
     assert results["train_vq"].summary["steps"] == p.train_vq.track_steps + p.train_vq.freeze_steps
     metrics = results["evaluate"].summary
-    assert metrics["rfid"] == metrics["rfid"] and 0 < metrics["codebook_usage"] <= 1   # a number, not NaN
+    assert metrics["rfid"] == metrics["rfid"] and 0 < metrics["train_codebook_usage"] <= 1   # a number, not NaN

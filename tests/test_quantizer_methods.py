@@ -210,14 +210,14 @@ def test_diveq_detach_forward_is_code_and_gradients_split_along_error():
 
 def test_diveq_noise_keeps_error_norm_and_tilts_direction_slightly():
     torch.manual_seed(0)
-    q = DiVeQ(2, 2, sigma=1e-3)
+    q = DiVeQ(2, 2, noise_var=1e-6)      # std 1e-3
     set_codes(q, t([3.0, 4.0], [-10.0, -10.0]))
     z = torch.zeros(64, 2)
     out = q(z)
     err = out.z_q - z
     assert torch.allclose(err.norm(dim=1), torch.full((64,), 5.0), atol=1e-5)   # ||c - z|| kept
     off = (out.z_q - t([3.0, 4.0])).norm(dim=1)
-    assert (off > 0).any() and (off < 0.05).all()                   # v ~ N(0, sigma^2 I) tilts it
+    assert (off > 0).any() and (off < 0.05).all()                   # v ~ N(0, noise_var I) tilts it
     assert torch.equal(out.hard, t([3.0, 4.0]).expand(64, 2))       # the selected code
 
 
@@ -489,7 +489,8 @@ def test_method_options_are_typed_and_bounded():
                      ({"gumbel": {"tau_min": 2.0}}, "quantizer.gumbel.tau_min"),
                      ({"sf_diveq": {"skip_steps": 10, "avg_steps": 20}}, "quantizer.sf_diveq.avg_steps"),
                      ({"sf_diveq": {"inference": "midpoint"}}, "quantizer.sf_diveq.inference"),
-                     ({"diveq": {"sigma": -1.0}}, "quantizer.diveq.sigma"),
+                     ({"diveq": {"noise_var": -1.0}}, "quantizer.diveq.noise_var"),
+                     ({"diveq": {"residual": "product"}}, "quantizer.diveq.residual"),
                      ({"method": "lfq"}, "quantizer.method")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             build(QuantizerParams, bad, "quantizer")

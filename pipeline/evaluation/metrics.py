@@ -196,7 +196,7 @@ def psnr(images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:
 # -------------------------------------------------------------------------- codebook and rate
 
 
-def _code_counts(indices, codebook_size: int) -> np.ndarray:
+def code_counts(indices, codebook_size: int) -> np.ndarray:
     if isinstance(indices, torch.Tensor):
         indices = indices.detach().cpu().numpy()
     indices = np.asarray(indices).ravel()
@@ -214,7 +214,7 @@ def codebook_usage(indices, codebook_size: int) -> float:
 
     ``indices`` is an integer numpy array or torch tensor of any shape.
     """
-    return float(np.count_nonzero(_code_counts(indices, codebook_size)) / codebook_size)
+    return float(np.count_nonzero(code_counts(indices, codebook_size)) / codebook_size)
 
 
 def perplexity(indices, codebook_size: int) -> float:
@@ -224,7 +224,7 @@ def perplexity(indices, codebook_size: int) -> float:
     code) to ``codebook_size`` (uniform use) - the effective number of codes in use, as
     reported for VQ-VAE-style models.
     """
-    counts = _code_counts(indices, codebook_size)
+    counts = code_counts(indices, codebook_size)
     p = counts[counts > 0] / counts.sum()
     return float(np.exp(-np.sum(p * np.log(p))))
 

@@ -2,8 +2,9 @@
 and the generation metrics of the prior.
 
 rFID (clean-fid with the offline InceptionV3), LPIPS (offline AlexNet/VGG), SSIM and PSNR
-(scikit-image), MSE, codebook usage (fraction of codes used on the split), perplexity,
-bits per pixel and distortion per bit (see metrics.py for the definitions);
+(scikit-image), MSE, codebook usage, perplexity and dead codes on the split (``val_*``; the
+training-set figures, ``train_*``, are usage.py's), bits per pixel and distortion per bit
+(see metrics.py for the definitions);
 gFID of the prior's samples against the validation images and the prior's validation
 bits per token.
 
@@ -22,6 +23,7 @@ from ..models.inference import reconstruct
 from ..progress import Progress
 from . import metrics
 from .nets import FID_SHA256
+from .usage import token_usage
 
 
 def fid_provenance() -> dict[str, str]:
@@ -88,8 +90,7 @@ def reconstruction_metrics(model: VQAutoencoder, images, *, device, batch_size: 
         "ssim": float(np.mean(ss)),
         "psnr": float(np.mean(ps)),
         "mse": mse,
-        "codebook_usage": metrics.codebook_usage(tokens, k),
-        "perplexity": metrics.perplexity(tokens, k),
+        **{f"val_{key}": v for key, v in token_usage(tokens, k).items()},
         "bits_per_pixel": bpp,
         "distortion_per_bit": metrics.distortion_per_bit(mse, bpp),
         "num_images": int(n),

@@ -14,6 +14,7 @@ from ..models.io import load_autoencoder
 from ..training.device import pick_device
 from . import plots
 from .reconstruction import generation_metrics, reconstruction_metrics
+from .usage import training_set_usage
 
 # The curves the loss figure shows per stage (default: the "loss" column).
 LOSS_KEYS = {"refine_gan": ("nll_loss", "d_loss"), "train_prior": ("loss",)}
@@ -33,7 +34,9 @@ class Evaluation:
 def run_evaluate(p, prepared: Path, tokenizer: Path, samples: Path, prior_report: Path,
                  curves: dict[str, Path]) -> Evaluation:
     """Metrics of ``tokenizer`` on the validation split (the first ``evaluate.max_images``; 0:
-    all, read in chunks) and of the prior's decoded ``samples`` against it; ``curves``: stage -> its loss CSV."""
+    all, read in chunks; keys ``val_*`` for its code statistics), its codebook usage on the
+    training split (``train_*``: the first ``evaluate.train_usage_images``, 0: all), and the
+    prior's decoded ``samples`` against the validation split; ``curves``: stage -> its loss CSV."""
     ep = p.evaluate
     device = distributed.local_device(pick_device())
     distributed.init(device)
@@ -45,6 +48,10 @@ def run_evaluate(p, prepared: Path, tokenizer: Path, samples: Path, prior_report
     results, recon, tokens, reference = reconstruction_metrics(
         model, val, device=device, batch_size=ep.batch_size, lpips_net=ep.lpips_net, limit=ep.max_images, keep=n,
         progress=True)
+    # The papers count usage over the training data; the validation split alone understates it.
+    train = training_set_usage(model, load_split(prepared, "train"), device=device, batch_size=ep.batch_size,
+                               limit=ep.train_usage_images, progress=True)
+    results.update({f"train_{k}": v for k, v in train.items()})
     results["method"] = blob["quantizer"]["method"]
     results["codebook_size"] = model.quantizer.codebook_size
     results.update(generation_metrics(sample_images, reference, report, device=device, batch_size=ep.batch_size,

@@ -110,7 +110,8 @@ def make_refine_step(model: VQAutoencoder, t: Training, adv: AdversarialLoss, rp
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         x = t.batches.batch(step)
         if train_all:
-            model.quantizer.set_progress(progress[0] + step, progress[1])
+            # train_vq's schedules end at its last step; refinement stays at their end points
+            model.quantizer.set_progress(progress[0] + step, progress[1], progress[0])
         x_hat, q_loss = generator(x)
         nll, metrics = adv.nll(x_hat, x)
         loss = nll

@@ -29,8 +29,11 @@ def save_autoencoder(path: str | Path, model: VQAutoencoder, quantizer_params=No
                  "state_dict": cpu_state_dict(model) if state_dict is None else state_dict, "meta": meta or {}}, path)
 
 
-def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQAutoencoder, dict]:
-    """Rebuild the model stored at ``path``; returns (model in eval mode, the raw file dict)."""
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu", weights: bool = True
+                     ) -> tuple[VQAutoencoder, dict]:
+    """Rebuild the model stored at ``path``; returns (model in eval mode, the raw file dict).
+    ``weights=False``: the architecture only, freshly initialised from torch's RNG (train_vq's
+    ``init: scratch``)."""
     from ..config import ModelParams, QuantizerParams
 
     path = Path(path)
@@ -48,7 +51,8 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
     except ConfigError as e:
         raise UnreadableFileError(f"{path}: the params stored in this model file are invalid ({e})") from None
     model = VQAutoencoder.from_params(mp, quantizer, image_size=blob.get("image_size"))
-    load_state(model, blob["state_dict"], path)
+    if weights:
+        load_state(model, blob["state_dict"], path)
     return model.to(device).eval(), blob
 
 
@@ -65,7 +69,8 @@ def upgrade_quantizer_params(d: dict) -> dict:
     """Quantizer params of an older model file in today's layout: ``search_chunk`` and
     ``kernel_precision`` were keys of the quantizer section (now ``search.chunk`` and
     ``search.precision``), and sf_diveq_detach read the ``sf_diveq`` section (now its own,
-    without sigma). Today's params pass through unchanged."""
+    without sigma), and DiVeQ's noise was given as its std ``sigma`` (now the variance
+    ``noise_var`` = sigma^2). Today's params pass through unchanged."""
     d = dict(d)
     search = dict(d.get("search") or {})
     for old, new in (("search_chunk", "chunk"), ("kernel_precision", "precision")):
@@ -75,4 +80,10 @@ def upgrade_quantizer_params(d: dict) -> dict:
         d["search"] = search
     if d.get("method") == "sf_diveq_detach" and "sf_diveq_detach" not in d and "sf_diveq" in d:
         d["sf_diveq_detach"] = {k: v for k, v in d["sf_diveq"].items() if k != "sigma"}
+    for method in ("diveq", "sf_diveq"):
+        section = d.get(method)
+        if isinstance(section, dict) and "sigma" in section:
+            section = dict(section)
+            section["noise_var"] = section.pop("sigma") ** 2
+            d[method] = section
     return d

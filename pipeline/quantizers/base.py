@@ -75,9 +75,10 @@ class Quantizer(nn.Module):
     #: True when ``codebook`` is a plain learnable table that k-means init and code
     #: replacement may overwrite (``raw_codebook``); False for transformed codebooks.
     replaceable = True
-    #: False for methods that must not start from the k-means codebook of ``kmeans_init``
-    #: (frozen random tables of SimVQ/TransVQ, SF-DiVeQ's own init from averaged latents);
-    #: stages/train_vq.py calls ``init_codebook`` only when this is True.
+    #: False for methods whose own recipe does not start from k-means codes (the frozen random
+    #: tables of SimVQ/TransVQ, SF-DiVeQ's averaged latents): the toy study starts only the
+    #: others from k-means. train_vq's ``init: kmeans`` starts *every* method from the codes
+    #: (``init_codebook``: each method says how), so the methods share one start.
     uses_kmeans_init = True
 
     def __init__(self, codebook_size: int, dim: int, options=None, *, beta: float = QuantizerParams.beta,
@@ -130,15 +131,20 @@ class Quantizer(nn.Module):
         cb = self.codebook if codebook is None else codebook
         return nearest_code(z.detach(), cb.detach(), **search_kwargs(self.search_params))
 
-    def set_progress(self, step: int, epoch: float) -> None:
-        """Schedules (temperatures, warm-ups) read the training position here; default none."""
+    def set_progress(self, step: int, epoch: float, total_steps: int = 0) -> None:
+        """Schedules (temperatures, warm-ups) read the training position here: the step, the
+        epoch and the run's length (0: unknown); default none."""
 
-    @torch.no_grad()
-    def init_codebook(self, codes: torch.Tensor) -> None:
-        """Start from given codes (k-means init); (K, D)."""
+    def check_init_codes(self, codes: torch.Tensor) -> None:
         if codes.shape != (self.codebook_size, self.dim):
             raise ValueError(f"init codes have shape {tuple(codes.shape)}, expected "
                              f"({self.codebook_size}, {self.dim})")
+
+    @torch.no_grad()
+    def init_codebook(self, codes: torch.Tensor) -> None:
+        """Start from given codes (k-means init); (K, D): ``codebook`` equals them afterwards
+        (methods with a transformed codebook say how they get there)."""
+        self.check_init_codes(codes)
         self.reseed_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=codes.device), codes)
 
     @torch.no_grad()

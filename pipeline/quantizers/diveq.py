@@ -11,14 +11,26 @@ auxiliary loss (``out.loss`` is 0); dead codes are left to the replacement polic
 ``diveq_detach`` drops the noise (v = 0): the forward value is then exactly the chosen code
 and d z_q / d z = I - u u^T, d z_q / d c = u u^T with u = (c - z) / ||c - z||.
 
-sigma is the noise *standard deviation*: the reference code (ishine/DiVeQ ``noise_var``,
-default 1e-3) passes its value as the scale of ``Normal(0, noise_var)``.
+The option is the paper's noise *variance* ``noise_var`` (default 1e-3, the paper's value), so
+sigma = sqrt(noise_var) ~ 0.032. The reference code (AaltoML/DiVeQ ``noise_var``, default 1e-3)
+passes its value as the *std* of ``Normal(0, noise_var)``; ``noise_var: 1e-6`` reproduces it.
+
+Residual DiVeQ (``quantizer.levels > 1``): by default each level is a DiVeQ of its own
+(residual.py); ``residual: sum`` is the reference ``residual_diveq.py`` instead
+(:class:`SummedResidualDiVeQ`): hard residual VQ through all levels, then one DiVeQ step on the
+sum of the chosen codes,
+
+    h = sum_l c_l,   z_q = z + ||h - z|| sg[(v + h - z) / ||v + h - z||]      (training)
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .. import distributed
+from .base import code_histogram
+from .residual import ResidualVQ
 from .vq import TableQuantizer
 
 _EPS = 1e-12
@@ -43,11 +55,12 @@ def directional_error(z: torch.Tensor, target: torch.Tensor, sigma: float) -> to
 
 
 class DiVeQ(TableQuantizer):
-    """DiVeQ quantizer; ``options.sigma`` is the std of the directional noise v."""
+    """DiVeQ quantizer; ``options.noise_var`` is the variance of the directional noise v."""
 
     @property
     def sigma(self) -> float:
-        return self.options.sigma
+        """The noise std, sqrt(noise_var)."""
+        return math.sqrt(self.options.noise_var)
 
     def quantize_flat(self, z):
         idx, _ = self.search(z)
@@ -62,3 +75,30 @@ class DiVeQDetach(DiVeQ):
     """DiVeQ without the directional noise (the paper's detach variant): forward value = c."""
 
     sigma = 0.0
+
+
+class SummedResidualDiVeQ(ResidualVQ):
+    """The reference residual DiVeQ (``residual: sum``): levels are plain nearest-code tables,
+    searched one after the other on the hard residual; one DiVeQ step on their sum ``h``.
+    The gradient reaches every level's chosen code through ||h - z||. Each level's usage counts
+    and latents (its residual input) are kept for replacement, as for the per-level stack."""
+
+    @property
+    def sigma(self) -> float:
+        return self.layers[0].sigma
+
+    def quantize_flat(self, z):
+        r, hard, indices = z, torch.zeros_like(z), []
+        for q in self.layers:
+            idx, _ = q.search(r)
+            c = q.embedding[idx]
+            if self.training:
+                q.usage_counts += distributed.all_reduce_sum(code_histogram(idx, q.codebook_size))
+                q.last_latents = r.detach()
+            hard = hard + c
+            r = r - c.detach()
+            indices.append(idx)
+        idx = torch.stack(indices, 1)
+        if not self.training:
+            return hard, idx, z.new_zeros(())
+        return z + directional_error(z, hard, self.sigma), idx, z.new_zeros(()), hard.detach()

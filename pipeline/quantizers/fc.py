@@ -24,7 +24,7 @@ from .base import Quantizer, straight_through
 class FactorizedVQ(Quantizer):
     def __init__(self, codebook_size: int, dim: int, options=None, **kw):
         super().__init__(codebook_size, dim, options, **kw)
-        code_dim = self.options.code_dim
+        code_dim = self.options.code_dim or dim      # 0: the latents' own dimension
         self.proj_in = nn.Linear(dim, code_dim)
         self.proj_out = nn.Linear(code_dim, dim)
         # Only the direction of a code matters (it is normalized before use).
@@ -56,8 +56,6 @@ class FactorizedVQ(Quantizer):
     @torch.no_grad()
     def init_codebook(self, codes: torch.Tensor) -> None:
         """k-means codes are latents (K, D): they enter the table through ``code_space``."""
-        if codes.shape != (self.codebook_size, self.dim):
-            raise ValueError(f"init codes have shape {tuple(codes.shape)}, expected "
-                             f"({self.codebook_size}, {self.dim})")
+        self.check_init_codes(codes)
         mapped = self.code_space(codes.to(self.embedding.device))
         self.reseed_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=mapped.device), mapped)

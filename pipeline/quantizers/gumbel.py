@@ -6,7 +6,9 @@ DiVeQ paper's baseline).
     h    = onehot(argmax y) + y - sg(y)                 (hard forward, soft gradient)
     z_q  = h E                                          (E: (K, D) learned codes)
     loss = w_kl * mean_i sum_k p_ik log(K p_ik),  p = softmax(l)     (KL to the uniform prior)
-    tau  = max(tau_min, tau0 * exp(-rate * step))       (set via ``set_progress``)
+    tau  = tau0 (tau_min / tau0)^(step / (T - 1))      (T train_vq steps: tau_min at the last step;
+                                                         the DiVeQ reference's per-epoch schedule)
+    tau  = max(tau_min, tau0 * exp(-rate * step))       (with ``anneal_rate`` > 0)
 
 Codes are *selected by the logits*, not by distance, so ``indices`` are the argmax of the
 (Gumbel-perturbed, in training) logits, and at eval the argmax of the logits, for which
@@ -16,7 +18,9 @@ Gumbel-softmax (they are needed for the soft gradient), not a distance matrix.
 
 Not ``replaceable``: moving a dead row of E does not make its logit win, so the
 distance-based re-seeding of the other methods would not revive it. E may start from the
-k-means codes (the decoder then sees in-distribution codes from the first step).
+k-means codes (the decoder then sees in-distribution codes from the first step); then the
+logits start as l_k = 2 z.c_k - ||c_k||^2 = ||z||^2 - ||z - c_k||^2, so the argmax is the
+nearest code and Gumbel starts from the same assignment as the distance-based methods.
 """
 from __future__ import annotations
 
@@ -38,10 +42,24 @@ class GumbelVQ(TableQuantizer):
         self.tau = self.options.tau0
         self.proj = nn.Linear(dim, codebook_size)
 
-    def set_progress(self, step: int, epoch: float) -> None:
-        """tau = max(tau_min, tau0 * exp(-anneal_rate * step)) (exponential annealing)."""
+    def set_progress(self, step: int, epoch: float, total_steps: int = 0) -> None:
+        """Anneal over the run to tau_min at step ``total_steps - 1`` (tau0 while the length is
+        unknown), or exponentially at ``anneal_rate`` > 0."""
         o = self.options
-        self.tau = max(o.tau_min, o.tau0 * math.exp(-o.anneal_rate * step))
+        if o.anneal_rate > 0:
+            self.tau = max(o.tau_min, o.tau0 * math.exp(-o.anneal_rate * step))
+        elif total_steps > 1:
+            self.tau = o.tau0 * (o.tau_min / o.tau0) ** min(1.0, step / (total_steps - 1))
+        else:
+            self.tau = o.tau0
+
+    @torch.no_grad()
+    def init_codebook(self, codes: torch.Tensor) -> None:
+        """E := the codes, and logits that pick the nearest of them (see the module docstring)."""
+        super().init_codebook(codes)
+        c = self.embedding
+        self.proj.weight.copy_(2 * c)
+        self.proj.bias.copy_(-c.pow(2).sum(1))
 
     def quantize_flat(self, z):
         logits = self.proj(z)

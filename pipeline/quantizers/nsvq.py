@@ -34,7 +34,7 @@ class NSVQ(TableQuantizer):
         super().__init__(codebook_size, dim, options, **kw)
         self.tau = self.options.tau0
 
-    def set_progress(self, step: int, epoch: float) -> None:
+    def set_progress(self, step: int, epoch: float, total_steps: int = 0) -> None:
         """tau = tau0 * tau_decay ** floor(epoch) (the paper decays once per epoch)."""
         self.tau = self.options.tau0 * self.options.tau_decay ** math.floor(epoch)
 

@@ -62,7 +62,9 @@ class RotationOptions(EMAOptions):
 @dataclass
 class FCOptions:
     """Factorized, l2-normalized codes (ViT-VQGAN)."""
-    code_dim: int = param(8, ge=1, doc="dimension of the code space the lookup runs in")
+    code_dim: int = param(0, ge=0, doc="dimension of the code space the lookup runs in; 0: model.code_dim, as in "
+                                       "the NS-VQ paper's tables (FC at the tables' code dims 3 and 64; "
+                                       "ViT-VQGAN: 32; this project's default before: 8)")
 
 
 @dataclass
@@ -71,20 +73,35 @@ class TransVQOptions:
     model_dim: int = param(256, ge=1, doc="width of the codebook transformer")
     mlp_ratio: float = param(2.0, gt=0, doc="MLP hidden width / model_dim")
     learned_pos: bool = param(True, doc="add a learned per-code position embedding (reference code)")
+    pos_std: float = param(1.0, ge=0, doc="std of the positions' random init: 1 is nn.Embedding's N(0, 1) of the "
+                                          "reference (norm ~16 at model_dim 256, swamping the projected codes, "
+                                          "~1); 0: zeros")
+
+
+NOISE_VAR_DOC = ("variance of the directional noise v ~ N(0, noise_var I): the DiVeQ paper's 1e-3 (std 0.032). "
+                 "The reference code passes its noise_var (1e-3) as the std of Normal(0, noise_var), i.e. a "
+                 "variance of 1e-6: set 1e-6 for the reference's noise")
 
 
 @dataclass
 class DiVeQOptions:
-    """DiVeQ's directional noise."""
-    sigma: float = param(1e-3, ge=0, le=1, doc="std of the directional noise v ~ N(0, sigma^2 I) "
-                                               "(the reference code's noise_var is used as this std)")
+    """DiVeQ's directional noise, and the structure of a residual stack (quantizer.levels > 1)."""
+    noise_var: float = param(1e-3, ge=0, le=1, doc=NOISE_VAR_DOC)
+    residual: Literal["levels", "sum"] = param(
+        "levels", doc="levels: one DiVeQ per level (each level quantizes the true residual); sum: the reference "
+                      "residual_diveq.py, hard residual VQ over all levels, then one DiVeQ on their sum")
 
 
 @dataclass
 class SFDiVeQDetachOptions:
     """SF-DiVeQ's warm-up, initialisation and inference (sf_diveq_detach: no noise)."""
-    skip_steps: int = param(200, ge=0, doc="train_vq steps without quantization before the curve starts")
-    avg_steps: int = param(50, ge=0, doc="the last warm-up steps whose latents initialise the codes")
+    skip_steps: int = param(200, ge=0, doc="train_vq steps without quantization before the curve starts (reference "
+                                           "1000; 200 here: the demo run has 1200 train_vq steps)")
+    avg_steps: int = param(50, ge=0, doc="the last warm-up steps whose latents are pooled (reference 50)")
+    latents_per_code: int = param(0, ge=0, doc="latents averaged into each code: the most recent K x this many of "
+                                               "the pool; 0: all of it, floor(pool / K) each (reference). At batch "
+                                               "32 of 8 x 8 tokens and K 512 the pool gives 200 per code, the "
+                                               "reference's runs ~20-40")
     inference: Literal["codes", "curve"] = param("codes", doc="eval output: nearest code, or projection on the curve")
 
     def check(self) -> None:
@@ -95,7 +112,7 @@ class SFDiVeQDetachOptions:
 @dataclass
 class SFDiVeQOptions(SFDiVeQDetachOptions):
     """SF-DiVeQ: the detach variant's options plus the directional noise."""
-    sigma: float = param(1e-3, ge=0, le=1, doc="std of the directional noise")
+    noise_var: float = param(1e-3, ge=0, le=1, doc=NOISE_VAR_DOC)
 
 
 @dataclass
@@ -103,7 +120,9 @@ class GumbelOptions:
     """Straight-through Gumbel-softmax with exponential temperature annealing."""
     tau0: float = param(1.0, gt=0, doc="initial temperature")
     tau_min: float = param(0.1, gt=0, doc="temperature floor")
-    anneal_rate: float = param(2e-3, ge=0, doc="tau = max(tau_min, tau0 * exp(-anneal_rate * step))")
+    anneal_rate: float = param(0.0, ge=0, doc="0: tau0 -> tau_min geometrically over the run, reaching tau_min at "
+                                              "its last step (the DiVeQ reference: 1 -> 0.1 over all epochs); > 0: "
+                                              "tau = max(tau_min, tau0 exp(-anneal_rate step)) (before: 2e-3)")
     kl_weight: float = param(5e-4, ge=0, doc="weight of KL(softmax(logits) || uniform)")
 
     def check(self) -> None:
@@ -178,7 +197,8 @@ def build_quantizer(qp, dim: int):
     """The quantizer ``qp`` (a built QuantizerParams) names, for latents of width ``dim``.
 
     With ``qp.levels > 1`` the result is a ResidualVQ of ``levels`` independent instances
-    of the method (each its own codebook and state)."""
+    of the method (each its own codebook and state); for diveq with ``residual: sum`` the
+    reference's structure, one DiVeQ on the sum of hard levels (diveq.SummedResidualDiVeQ)."""
     cls = METHODS[qp.method].load()
 
     def one():
@@ -186,6 +206,10 @@ def build_quantizer(qp, dim: int):
 
     if qp.levels == 1:
         return one()
+    if qp.method == "diveq" and qp.diveq.residual == "sum":
+        from .diveq import SummedResidualDiVeQ
+
+        return SummedResidualDiVeQ([one() for _ in range(qp.levels)])
     from .residual import ResidualVQ
 
     return ResidualVQ([one() for _ in range(qp.levels)])

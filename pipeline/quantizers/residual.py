@@ -50,9 +50,9 @@ class ResidualVQ(Quantizer):
                              f"got shape {tuple(indices.shape)}")
         return sum(q.lookup(indices[..., i]) for i, q in enumerate(self.layers))
 
-    def set_progress(self, step: int, epoch: float) -> None:
+    def set_progress(self, step: int, epoch: float, total_steps: int = 0) -> None:
         for q in self.layers:
-            q.set_progress(step, epoch)
+            q.set_progress(step, epoch, total_steps)
 
     @torch.no_grad()
     def init_codebook(self, codes: torch.Tensor) -> None:

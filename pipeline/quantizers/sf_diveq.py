@@ -18,8 +18,14 @@ quantized onto, so codes do not die and no replacement is needed (not ``replacea
 Warm-up and initialisation (the paper's recipe): for the first ``skip_steps`` steps
 (read from ``set_progress``) the latents pass through unquantized; the latents of the last
 ``avg_steps`` of them are kept, and at the first quantized step code j becomes the mean of
-the j-th of K consecutive equal chunks of those latents. Hence ``uses_kmeans_init`` is
-False. With ``skip_steps = 0`` there is no warm-up and the codebook starts as built.
+the j-th of K consecutive equal chunks of those latents,
+
+    c_j = mean(pool[j h : (j + 1) h]),   h = floor(n / K)        (n pooled latents; reference)
+
+or, with ``latents_per_code`` = m > 0, h = m over the last K m latents of the pool. Hence
+``uses_kmeans_init`` is False. With ``skip_steps = 0`` there is no warm-up and the codebook
+starts as built; ``init_codebook`` (train_vq ``init: kmeans``) sets the codes and skips the
+warm-up (the k-means codes replace the averaged latents).
 During warm-up ``indices`` are the nearest codes (for statistics only) and the distortion
 stat is 0, since nothing is quantized. In a residual stack (``levels > 1``) all levels warm
 up together, so deeper levels pool zero residuals and start from zero codes; the reference
@@ -33,6 +39,8 @@ Inference (eval mode), ``inference``:
   ``lookup`` returns only the segment's first vertex, not the projection.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -60,10 +68,16 @@ class SFDiVeQ(TableQuantizer):
 
     @property
     def sigma(self) -> float:
-        """Std of the directional noise (the detach variant: none)."""
-        return self.options.sigma
+        """Std of the directional noise, sqrt(noise_var) (the detach variant: none)."""
+        return math.sqrt(self.options.noise_var)
 
-    def set_progress(self, step: int, epoch: float) -> None:
+    @torch.no_grad()
+    def init_codebook(self, codes: torch.Tensor) -> None:
+        super().init_codebook(codes)
+        self._pool = []
+        self.initialized = True
+
+    def set_progress(self, step: int, epoch: float, total_steps: int = 0) -> None:
         self.step = step
 
     # The warm-up flag is host state; it travels in the state dict so a resumed run does not
@@ -79,6 +93,9 @@ class SFDiVeQ(TableQuantizer):
         if self._pool:
             lat = torch.cat(self._pool).to(self.embedding)
             n, k = lat.shape[0], self.codebook_size
+            per_code = self.options.latents_per_code
+            if per_code and n > per_code * k:      # the most recent K x latents_per_code latents
+                lat, n = lat[n - per_code * k:], per_code * k
             hop = n // k
             if hop >= 1:
                 codes = lat[:hop * k].reshape(k, hop, self.dim).mean(1)
@@ -93,7 +110,7 @@ class SFDiVeQ(TableQuantizer):
         if not self.training:
             return self._inference(z, zero)
         skip = self.options.skip_steps
-        if self.step < skip:
+        if self.step < skip and not self.initialized:
             if self.step >= skip - self.options.avg_steps:
                 # every rank pools the global batch's latents (rank order = one process's order)
                 self._pool.append(distributed.all_gather_cat(z.detach()))

@@ -9,7 +9,9 @@ The codebook loss reaches W, which moves *every* code at once, so no code is lef
 (SimVQ's remedy for collapse). Consequences for this pipeline:
 - not ``replaceable``: C is frozen by design and re-seeding one row of C would need W's
   inverse; usage is the property SimVQ itself guarantees, so no replacement is applied;
-- ``uses_kmeans_init`` is False: C stays the random table of the paper.
+- ``uses_kmeans_init`` is False: C is the random table of the paper (train_vq ``init: random``);
+  ``init_codebook`` (``init: kmeans``) sets C := the k-means codes and W := I, so the start
+  codebook C W is the codes exactly.
 """
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ class SimVQ(Quantizer):
     @property
     def codebook(self) -> torch.Tensor:
         return self.transform(self.frozen_codebook)
+
+    @torch.no_grad()
+    def init_codebook(self, codes: torch.Tensor) -> None:
+        self.check_init_codes(codes)
+        self.frozen_codebook.copy_(codes)
+        self.transform.weight.copy_(torch.eye(self.dim))
 
     def quantize_flat(self, z):
         cb = self.codebook

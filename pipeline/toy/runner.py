@@ -173,7 +173,7 @@ def _run(stream: str, method: str, cfg: ToyConfig) -> ToyResult:
     result = ToyResult(stream, method, cfg)
     q.train()
     for t, z in stream_batches(stream, cfg.steps, cfg.batch_size, cfg.seed):
-        q.set_progress(t, t / cfg.steps_per_epoch)
+        q.set_progress(t, t / cfg.steps_per_epoch, cfg.steps)
         out = q(z)
         usage.add(flat_indices(out.indices.detach(), cfg.codebook_size))
         if opt is not None:
