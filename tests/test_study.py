@@ -25,8 +25,10 @@ BUDGET = {"train_vq.track_steps": "300", "train_vq.freeze_steps": "100"}
 
 def _exp(name: str, method: str, k: int, rfid: float, track: int = 300) -> dict:
     data = {"rev": name + "-sha",
-            "metrics": {"reports/metrics.json": {"data": {"codebook_usage": 0.75, "perplexity": 80.5, "rfid": rfid,
-                                                          "lpips": 0.21, "ssim": 0.7, "psnr": 24.5, "method": method,
+            "metrics": {"reports/metrics.json": {"data": {"train_codebook_usage": 0.75, "val_codebook_usage": 0.5,
+                                                          "train_perplexity": 80.5, "train_dead_codes": 32,
+                                                          "rfid": rfid, "lpips": 0.21, "ssim": 0.7, "psnr": 24.5,
+                                                          "distortion_per_bit": 0.00123, "method": method,
                                                           "codebook_size": k}}},
             "params": {"params.yaml": {"data": {"quantizer": {"method": method, "codebook_size": k},
                                                 "train_vq": {"track_steps": track, "freeze_steps": 100}}}}}
@@ -58,7 +60,7 @@ def test_table_from_exp_show_keeps_failures_and_checks_the_budget(tmp_path):
     assert list(zip(df["method"], df["K"])) == [("nsvq", 128), ("vq", 128), ("ema", 128), ("fc", 128),
                                                 ("gumbel", 128), ("vq", 512)]
     ok = df[df["method"] == "nsvq"].iloc[0]
-    assert ok["status"] == "ok" and ok["usage"] == 0.75 and ok["rfid"] == 60.0 and ok["train_seconds"] == 123.4
+    assert ok["status"] == "ok" and ok["train_usage"] == 0.75 and ok["rfid"] == 60.0 and ok["train_seconds"] == 123.4
     status = dict(zip(df["method"] + df["K"].astype(str), zip(df["status"], df["error"])))
     assert status["ema128"] == ("failed", "train_vq.track_steps=800, not 300")          # another budget
     assert status["fc128"][0] == "failed" and "not found" in status["fc128"][1]          # no experiment
@@ -70,8 +72,8 @@ def test_table_from_exp_show_keeps_failures_and_checks_the_budget(tmp_path):
     assert (tmp_path / "methods.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
     md = (tmp_path / "methods.md").read_text()
     assert "Reproduce: `python -m pipeline.study --methods vq`" in md and "`train_vq.track_steps=300`" in md
-    assert "| nsvq | 128 | 75.0% | 80.5 | 60.00 | 0.2100 | 0.7000 | 24.50 | 123.4 | ok |" in md
-    assert "| gumbel | 128 | – | – | – | – | – | – | – | failed: error: train_vq: loss is nan |" in md
+    assert "| nsvq | 128 | 75.0% | 50.0% | 80.5 | 60.00 | 0.2100 | 0.7000 | 24.50 | 0.00123 | 123.4 | ok |" in md
+    assert "| gumbel | 128 | – | – | – | – | – | – | – | – | – | failed: error: train_vq: loss is nan |" in md
     # no status column when every cell ran
     assert "status" not in markdown(df[df["status"] == "ok"], "cmd", BUDGET, "abc").splitlines()[4]
 
@@ -112,6 +114,35 @@ def test_cell_command_and_failure(monkeypatch, tmp_path):
     assert (result.status, result.error) == ("failed", "error: quantizer.codebook_size: 1 is out of range")
 
 
+def test_a_claims_cell_carries_its_params_and_labels_into_the_table():
+    from pipeline.study.cells import Cell
+    from pipeline.study.table import summarize
+
+    cells = [Cell("vq", 128, (("train_vq.seed", str(s)), ("pretrain.steps", "50")), (("arm", "drift"), ("seed", s)),
+                  f"drift-s{s}") for s in (0, 1)]
+    assert cells[0].name == "study-vq-k128-drift-s0"
+    assert cells[0].overrides(BUDGET) == {**BUDGET, "train_vq.seed": "0", "pretrain.steps": "50"}
+    assert cells[0].upstream == cells[1].upstream == (128, (("pretrain.steps", "50"),))
+    cmd = exp_run_command("vq", 128, cells[0].overrides(BUDGET), cells[0].name)
+    assert cmd[5:7] == ["-n", "study-vq-k128-drift-s0"] and "train_vq.seed=0" in cmd
+
+    exps = []
+    for c, rfid in zip(cells, (50.0, 70.0)):
+        e = _exp(c.name, "vq", 128, rfid)
+        e["data"]["params"]["params.yaml"]["data"].update(train_vq={"track_steps": 300, "freeze_steps": 100,
+                                                                    "seed": c.labels[1][1]}, pretrain={"steps": 50})
+        exps.append(e)
+    runs = [CellRun("vq", 128, c.name, "ok", "", 9.0, dict(c.sets), dict(c.labels)).as_dict() for c in cells]
+    df = build_table(runs, _show(*exps), BUDGET, {c.name: 10.0 for c in cells})
+    assert list(df.columns[:4]) == ["method", "K", "arm", "seed"] and (df["status"] == "ok").all()
+    s = summarize(df).iloc[0]
+    assert (s["arm"], s["seeds"], s["failed"]) == ("drift", 2, 0)
+    assert s["rfid"] == 60.0 and s["rfid_sd"] == pytest.approx(math.sqrt(200.0))    # sample sd of 50, 70
+    wrong = dict(runs[1], sets={**runs[1]["sets"], "train_vq.seed": "5"})            # the cell's own params are checked
+    bad = build_table([runs[0], wrong], _show(*exps), BUDGET, {c.name: 10.0 for c in cells})
+    assert "train_vq.seed=1, not 5" in bad["error"].tolist()
+
+
 # -- the real thing -------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -138,7 +169,8 @@ def test_methods_study_runs_dvc_experiments(tmp_path, prefect_api_url, monkeypat
     assert [(r["method"], r["K"], r["status"]) for r in rows] in (
         [("vq", 16, "ok"), ("ema", 16, "ok")], [("ema", 16, "ok"), ("vq", 16, "ok")]), rows
     for r in rows:
-        assert 0 < r["usage"] <= 1 and 1 <= r["perplexity"] <= 16 and r["rfid"] > 0 and r["train_seconds"] > 0
+        assert 0 < r["train_usage"] <= 1 and 0 < r["val_usage"] <= 1 and 1 <= r["perplexity"] <= 16
+        assert r["rfid"] > 0 and r["train_seconds"] > 0
     lines = (root / "reports" / "study" / "methods.csv").read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 3
     md = (root / "reports" / "study" / "methods.md").read_text()

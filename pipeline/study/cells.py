@@ -7,8 +7,8 @@ whose deps and params match an earlier run (prepare, pretrain, kmeans_init for a
 before) are restored from DVC's run-cache instead of rerun, so a cell costs train_vq and
 what follows it.
 
-Every cell gets the same budget overrides on top of its method and K, and a stable name,
-``study-<method>-k<K>``. An experiment of that name left by an earlier study is removed
+Every cell gets the same budget overrides on top of its method and K (a claim's cells add
+their own params: :class:`Cell`), and a stable name, ``study-<method>-k<K>[-<tag>]``. An experiment of that name left by an earlier study is removed
 first (DVC refuses a duplicate name, and ``dvc exp run -f`` would also force every stage,
 pretraining included, to rerun); a cell identical to an earlier one is then restored from
 the run-cache in seconds, so rerunning a study resumes it.
@@ -24,10 +24,36 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ERROR_CHARS = 400
+#: params sections whose stages every cell shares unless a cell changes them (waves: flow.py)
+UPSTREAM = ("data.", "model.", "pretrain.", "kmeans_init.")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment of a study: the method and K, params of its own on top of the study's
+    budget (``sets``), the table columns it stands for (``labels``: arm, seed, ...) and a tag
+    that makes its name unique (``study-<method>-k<K>-<tag>``)."""
+    method: str
+    K: int
+    sets: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, object], ...] = ()
+    tag: str = ""
+
+    @property
+    def name(self) -> str:
+        return experiment_name(self.method, self.K, self.tag)
+
+    def overrides(self, budget: dict[str, str]) -> dict[str, str]:
+        return {**budget, **dict(self.sets)}
+
+    @property
+    def upstream(self) -> tuple:
+        """What the shared stages (prepare, pretrain, kmeans_init) of this cell depend on."""
+        return (self.K, tuple(kv for kv in self.sets if kv[0].startswith(UPSTREAM)))
 
 
 @dataclass
@@ -38,13 +64,15 @@ class CellRun:
     status: str                  # "ok" or "failed"
     error: str = ""
     wall_seconds: float = 0.0    # the whole ``dvc exp run``, restored stages included
+    sets: dict = field(default_factory=dict)      # the cell's own params (Cell.sets)
+    labels: dict = field(default_factory=dict)    # its table columns (Cell.labels)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def experiment_name(method: str, k: int) -> str:
-    return f"study-{method}-k{k}"
+def experiment_name(method: str, k: int, tag: str = "") -> str:
+    return f"study-{method}-k{k}" + (f"-{tag}" if tag else "")
 
 
 def set_args(overrides: dict[str, str]) -> list[str]:
@@ -52,9 +80,10 @@ def set_args(overrides: dict[str, str]) -> list[str]:
     return [arg for key in sorted(overrides) for arg in ("-S", f"{key}={overrides[key]}")]
 
 
-def exp_run_command(method: str, k: int, overrides: dict[str, str]) -> list[str]:
+def exp_run_command(method: str, k: int, overrides: dict[str, str], name: str | None = None) -> list[str]:
     cell = {**overrides, "quantizer.method": method, "quantizer.codebook_size": str(k)}
-    return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", experiment_name(method, k), *set_args(cell)]
+    return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name or experiment_name(method, k),
+            *set_args(cell)]
 
 
 def cell_env(repo: Path, prefect_api_url: str | None) -> dict[str, str]:
@@ -87,18 +116,21 @@ def remove_experiment(repo: Path, name: str, env: dict[str, str]) -> None:
 
 
 def run_cell(repo: Path, method: str, k: int, overrides: dict[str, str], env: dict[str, str],
-             timeout: float | None = None, log=print) -> CellRun:
-    """Run one cell; never raises for a failing experiment (the failure is in the result)."""
-    name = experiment_name(method, k)
+             timeout: float | None = None, log=print, cell: Cell | None = None) -> CellRun:
+    """Run one cell (``cell``: a claim's cell, its own params on top of ``overrides``); never
+    raises for a failing experiment (the failure is in the result)."""
+    cell = cell or Cell(method, k)
+    name = cell.name
     remove_experiment(repo, name, env)
-    cmd = exp_run_command(method, k, overrides)
+    cmd = exp_run_command(method, k, cell.overrides(overrides), name)
+    extra = {"sets": dict(cell.sets), "labels": dict(cell.labels)}
     log("$ " + " ".join(["dvc", *cmd[3:]]))
     t0 = time.perf_counter()
     try:
         out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return CellRun(method, k, name, "failed", f"timed out after {timeout:g} s", time.perf_counter() - t0)
+        return CellRun(method, k, name, "failed", f"timed out after {timeout:g} s", time.perf_counter() - t0, **extra)
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
-        return CellRun(method, k, name, "failed", error_summary(out.stdout + "\n" + out.stderr), seconds)
-    return CellRun(method, k, name, "ok", "", seconds)
+        return CellRun(method, k, name, "failed", error_summary(out.stdout + "\n" + out.stderr), seconds, **extra)
+    return CellRun(method, k, name, "ok", "", seconds, **extra)

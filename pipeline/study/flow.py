@@ -27,7 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from .budget import study_budget
-from .cells import CellRun, cell_env, experiment_name, run_cell
+from .cells import Cell, CellRun, cell_env, run_cell
 from .table import build_table, exp_show, write_table
 
 
@@ -102,11 +102,12 @@ def cell_slots(jobs: int, gpus: int | None = None, cores: int | None = None) -> 
     return [{"OMP_NUM_THREADS": str(max(1, cores // jobs))} for _ in range(jobs)]
 
 
-def cell_waves(cells: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
-    """(method, K) cells in K-major order -> [first cell], [first cell of each other K], [the rest]."""
+def cell_waves(cells: list, key=lambda c: c[1]) -> list[list]:
+    """Cells in K-major order -> [first cell], [first cell of each other ``key`` (K for (method, K)
+    pairs; :attr:`Cell.upstream` for a study's cells)], [the rest]."""
     if not cells:
         return []
-    leaders = [next(c for c in cells if c[1] == k) for k in dict.fromkeys(k for _, k in cells)]
+    leaders = [next(c for c in cells if key(c) == k) for k in dict.fromkeys(key(c) for c in cells)]
     return [w for w in ([cells[0]], leaders[1:], [c for c in cells if c not in leaders]) if w]
 
 
@@ -114,15 +115,14 @@ _SLOTS: "queue.Queue[dict[str, str]]" = queue.Queue()
 
 
 @task(retries=0, cache_policy=NO_CACHE)
-def study_cell(root: Path, method: str, k: int, budget: dict[str, str], api_url: str | None,
-               timeout: float | None) -> dict:
+def study_cell(root: Path, cell: Cell, budget: dict[str, str], api_url: str | None, timeout: float | None) -> dict:
     logger = get_run_logger()
     slot = _SLOTS.get()           # blocks until a slot is free (one per concurrent cell)
     try:
         env = {**cell_env(root, api_url), **slot}
         if slot:
-            logger.info(f"{experiment_name(method, k)}: " + " ".join(f"{key}={v}" for key, v in slot.items()))
-        result: CellRun = run_cell(root, method, k, budget, env, timeout, log=logger.info)
+            logger.info(f"{cell.name}: " + " ".join(f"{key}={v}" for key, v in slot.items()))
+        result: CellRun = run_cell(root, cell.method, cell.K, budget, env, timeout, log=logger.info, cell=cell)
     finally:
         _SLOTS.put(slot)
     if result.status == "ok":
@@ -167,13 +167,9 @@ def _fill_slots(n: int) -> None:
         _SLOTS.put(slot)
 
 
-@flow(name="methods_study")
-def _methods_study(methods: list[str], codebook_sizes: list[int], overrides: dict[str, str] | None,
-                   out_dir: str, repo: str, cell_timeout: float | None, jobs: int = 1) -> list[dict]:
+def run_cells(root: Path, cells: list[Cell], budget: dict[str, str], jobs: int, cell_timeout: float | None) -> list[dict]:
+    """Run ``cells`` (inside a flow) in waves, ``jobs`` at a time; their CellRun dicts, in order."""
     logger = get_run_logger()
-    root = Path(repo).resolve()
-    methods = resolve_methods(methods)
-    budget = study_budget(root / "params.yaml", overrides)
     logger.info("budget: " + ", ".join(f"{k}={v}" for k, v in sorted(budget.items())))
     untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", "pipeline", "stages", "dvc.yaml")
     if untracked:
@@ -181,13 +177,24 @@ def _methods_study(methods: list[str], codebook_sizes: list[int], overrides: dic
                        + ", ".join(untracked.split()))
     ensure_mlflow_experiment(root)
     api_url = prefect_api_url()
-    cells = []
-    for wave in cell_waves([(m, k) for k in codebook_sizes for m in methods]):
+    done = {}
+    for wave in cell_waves(cells, key=lambda c: c.upstream):
         _fill_slots(min(jobs, len(wave)))
-        futures = [study_cell.with_options(task_run_name=experiment_name(m, k)).submit(
-            root, m, k, budget, api_url, cell_timeout) for m, k in wave]
-        cells += [f.result() for f in futures]
-    df = collect(root, cells, budget, api_url)
+        futures = [study_cell.with_options(task_run_name=c.name).submit(root, c, budget, api_url, cell_timeout)
+                   for c in wave]
+        done.update({c.name: f.result() for c, f in zip(wave, futures)})
+    return [done[c.name] for c in cells]
+
+
+@flow(name="methods_study")
+def _methods_study(methods: list[str], codebook_sizes: list[int], overrides: dict[str, str] | None,
+                   out_dir: str, repo: str, cell_timeout: float | None, jobs: int = 1) -> list[dict]:
+    logger = get_run_logger()
+    root = Path(repo).resolve()
+    methods = resolve_methods(methods)
+    budget = study_budget(root / "params.yaml", overrides)
+    cells = run_cells(root, [Cell(m, k) for k in codebook_sizes for m in methods], budget, jobs, cell_timeout)
+    df = collect(root, cells, budget, prefect_api_url())
     written = write_table(df, root / out_dir, study_command(methods, codebook_sizes, budget), budget,
                           _git(root, "rev-parse", "--short", "HEAD") or "unknown")
     logger.info("wrote " + ", ".join(str(p) for p in written))

@@ -3,15 +3,19 @@
 Per experiment (found by its name under the current baseline) the table takes, from the
 experiment's own commit:
 
-    reports/metrics.json    codebook_usage -> usage, perplexity, rfid, lpips, ssim, psnr
-    params.yaml             the budget keys, checked against the requested overrides
+    reports/metrics.json    train_codebook_usage -> train_usage (the training set, as the papers
+                            count it), val_codebook_usage -> val_usage, train_perplexity ->
+                            perplexity, train_dead_codes -> dead_codes, rfid, lpips, ssim,
+                            psnr, distortion_per_bit -> dist_per_bit (validation split)
+    params.yaml             the budget keys and the cell's own params, checked against the request
 
 and from MLflow (``train_seconds``: a wall time, so it is not in DVC's tracked reports) the
 train_vq run of the experiment.
 
 A cell that failed, whose experiment is missing, or whose experiment ran another method,
 K or budget than asked is kept as a row with status "failed" and the reason in ``error``:
-nothing is dropped silently.
+nothing is dropped silently. A claim's cells add their labels (arm, seed, ...) as columns;
+:func:`summarize` averages the seeds of each setting and gives their spread.
 """
 from __future__ import annotations
 
@@ -26,8 +30,9 @@ import yaml
 
 from .budget import get_dotted
 
-METRIC_KEYS = {"usage": "codebook_usage", "perplexity": "perplexity", "rfid": "rfid", "lpips": "lpips",
-               "ssim": "ssim", "psnr": "psnr"}
+METRIC_KEYS = {"train_usage": "train_codebook_usage", "val_usage": "val_codebook_usage",
+               "perplexity": "train_perplexity", "dead_codes": "train_dead_codes", "rfid": "rfid", "lpips": "lpips",
+               "ssim": "ssim", "psnr": "psnr", "dist_per_bit": "distortion_per_bit"}
 COLUMNS = ["method", "K", *METRIC_KEYS, "train_seconds", "wall_seconds", "status", "error"]
 
 
@@ -65,7 +70,7 @@ def row_for(cell: dict, data: dict | None, overrides: dict[str, str], train_seco
     its train_vq wall time (from MLflow)."""
     row = {c: None for c in COLUMNS}
     row.update(method=cell["method"], K=cell["K"], wall_seconds=round(cell["wall_seconds"], 1),
-               status=cell["status"], error=cell["error"])
+               status=cell["status"], error=cell["error"], **cell.get("labels", {}))
     if cell["status"] != "ok":
         return row
     if data is None:
@@ -78,7 +83,7 @@ def row_for(cell: dict, data: dict | None, overrides: dict[str, str], train_seco
     problems = []
     if metrics.get("method") != cell["method"] or metrics.get("codebook_size") != cell["K"]:
         problems.append(f"metrics are of {metrics.get('method')} K={metrics.get('codebook_size')}")
-    for key, value in sorted(overrides.items()):
+    for key, value in sorted({**overrides, **cell.get("sets", {})}.items()):
         if get_dotted(params, key) != yaml.safe_load(str(value)):
             problems.append(f"{key}={get_dotted(params, key)!r}, not {value}")
     missing = [c for c in (*METRIC_KEYS, "train_seconds") if row[c] is None]
@@ -96,20 +101,51 @@ def build_table(cells: list[dict], show: Any, overrides: dict[str, str], train_s
 
     found = dict(iter_experiments(show))
     rows = [row_for(c, found.get(c["name"]), overrides, train_seconds.get(c["name"])) for c in cells]
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    labels = list(dict.fromkeys(k for c in cells for k in c.get("labels", {})))
+    df = pd.DataFrame(rows, columns=["method", "K", *labels, *COLUMNS[2:]])
     df["_failed"] = df["status"] != "ok"
-    df = df.sort_values(["K", "_failed", "rfid", "method"], na_position="last", kind="mergesort")
+    df = df.sort_values(["K", *labels, "_failed", "rfid", "method"], na_position="last", kind="mergesort")
     return df.drop(columns="_failed").reset_index(drop=True)
 
 
+def summarize(df, seed: str = "seed"):
+    """One row per setting (every column but the metrics, times and ``seed``): the mean and the
+    sample standard deviation (``<metric>_sd``, NaN for one seed) over its successful seeds, and
+    ``seeds``, their number. Failed cells count in ``failed``."""
+    import pandas as pd
+
+    metrics = [*METRIC_KEYS, "train_seconds"]
+    keys = [c for c in df.columns if c not in (*metrics, "wall_seconds", "status", "error", seed)]
+    out = []
+    for setting, g in df.groupby(keys, sort=False, dropna=False):
+        ok = g[g["status"] == "ok"]
+        row = dict(zip(keys, setting if isinstance(setting, tuple) else (setting,)))
+        for m in metrics:
+            vals = pd.to_numeric(ok[m], errors="coerce")
+            row[m] = vals.mean() if len(vals) else math.nan
+            row[f"{m}_sd"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
+        row.update(seeds=len(ok), failed=len(g) - len(ok))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _num(v, fmt: str) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+    return "–" if _missing(v) else format(v, fmt)
+
+
+def _pct(v) -> str:
+    return "–" if _missing(v) else f"{100 * v:.1f}%"
 
 
 def markdown(df, command: str, budget: dict[str, str], baseline: str) -> str:
     """The README table: header with the budget and the command, one line per cell."""
     failed = (df["status"] != "ok").any()
-    head = ["method", "K", "usage", "perplexity", "rFID", "LPIPS", "SSIM", "PSNR (dB)", "train time (s)"]
+    head = ["method", "K", "train usage", "val. usage", "perplexity", "rFID", "LPIPS", "SSIM", "PSNR (dB)",
+            "MSE / bpp", "train time (s)"]
     if failed:
         head.append("status")
     lines = [f"Methods study on the demo data: {len(df)} cells, baseline commit `{baseline}`, budget "
@@ -117,10 +153,10 @@ def markdown(df, command: str, budget: dict[str, str], baseline: str) -> str:
              f"Reproduce: `{command}`", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
     for r in df.to_dict("records"):
-        cells = [r["method"], str(r["K"]),
-                 "–" if r["usage"] is None or math.isnan(r["usage"]) else f"{100 * r['usage']:.1f}%",
+        cells = [r["method"], str(r["K"]), _pct(r["train_usage"]), _pct(r["val_usage"]),
                  _num(r["perplexity"], ".1f"), _num(r["rfid"], ".2f"), _num(r["lpips"], ".4f"),
-                 _num(r["ssim"], ".4f"), _num(r["psnr"], ".2f"), _num(r["train_seconds"], ".1f")]
+                 _num(r["ssim"], ".4f"), _num(r["psnr"], ".2f"), _num(r["dist_per_bit"], ".5f"),
+                 _num(r["train_seconds"], ".1f")]
         if failed:
             cells.append("ok" if r["status"] == "ok" else f"failed: {str(r['error']).replace('|', '/')}")
         lines.append("| " + " | ".join(cells) + " |")
