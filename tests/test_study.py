@@ -124,7 +124,7 @@ def test_a_claims_cell_carries_its_params_and_labels_into_the_table():
     assert cells[0].overrides(BUDGET) == {**BUDGET, "train_vq.seed": "0", "pretrain.steps": "50"}
     assert cells[0].upstream == cells[1].upstream == (128, (("pretrain.steps", "50"),))
     cmd = exp_run_command("vq", 128, cells[0].overrides(BUDGET), cells[0].name)
-    assert cmd[5:7] == ["-n", "study-vq-k128-drift-s0"] and "train_vq.seed=0" in cmd
+    assert cmd[6:8] == ["-n", "study-vq-k128-drift-s0"] and "train_vq.seed=0" in cmd
 
     exps = []
     for c, rfid in zip(cells, (50.0, 70.0)):
