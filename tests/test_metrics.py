@@ -135,6 +135,20 @@ def test_fid_is_zero_on_itself_and_grows_with_noise(photos):
     assert scores[0] < scores[1] < scores[2], scores
 
 
+def test_reference_features_are_cached_by_content(photos, tmp_path, monkeypatch):
+    images = photos[:2]
+    first = metrics.reference_fid_features(images, cache_dir=str(tmp_path))
+    assert np.array_equal(first, metrics.fid_features(images)) and len(list(tmp_path.glob("*.npy"))) == 1
+    monkeypatch.setattr(metrics, "fid_features", lambda *a, **k: pytest.fail("recomputed a cached set"))
+    assert np.array_equal(metrics.reference_fid_features(images, cache_dir=str(tmp_path)), first)
+    monkeypatch.undo()
+    other = metrics.reference_fid_features(photos[2:4], cache_dir=str(tmp_path))     # other images: own entry
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not np.array_equal(other, first)
+    monkeypatch.delenv("NSVQ_FID_CACHE", raising=False)
+    metrics.reference_fid_features(images)                                        # no cache: nothing written
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
 @pytest.mark.parametrize(("n_a", "n_b"), [(5, 7), (40, 30)], ids=["fewer-rows-than-dims", "more-rows-than-dims"])
 def test_frechet_distance_equals_clean_fid_sqrtm_version(n_a, n_b):
     from cleanfid.fid import fid_from_feats

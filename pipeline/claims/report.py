@@ -29,11 +29,16 @@ def _cell(mean, sd, fmt: str, pct: bool) -> str:
     return text
 
 
-def summary_markdown(summary, command: str, wall_seconds: float, budget: dict[str, str], baseline: str) -> str:
+def summary_markdown(summary, command: str, wall_seconds: float, budget: dict[str, str], baseline: str,
+                     arms=()) -> str:
     keys = [c for c in summary.columns if c in ("arm", "D", "K", "method")]
     head = [*keys, "seeds", *(h for _, h, _, _ in SHOWN)]
+    shown = set(summary["arm"]) if "arm" in summary else set()
+    arm_lines = [f"- `{a.name}`: " + ", ".join(f"`{k}={v}`" for k, v in sorted(a.sets.items()))
+                 + (f" (methods: {', '.join(a.methods)})" if a.methods else "") for a in arms if a.name in shown]
     lines = [f"Measured at commit `{baseline}`; wall time {wall_seconds / 60:.1f} min on this machine. "
-             f"Budget shared by every cell: " + ", ".join(f"`{k}={v}`" for k, v in sorted(budget.items())) + ".",
+             f"Budget shared by every cell: " + ", ".join(f"`{k}={v}`" for k, v in sorted(budget.items()))
+             + "; each arm's own params (they win over the budget):", "", *arm_lines,
              "", f"Reproduce: `{command}`", "",
              "Mean ± sample standard deviation over the seeds; usage, perplexity and dead codes on the training "
              "set (every token of the training split, final tokenizer), the other metrics on the validation split.",
@@ -53,7 +58,7 @@ def write_claim(out_dir: Path, claim, cells_df, summary, command: str, wall_seco
     cells_csv, summary_csv, md = folder / "cells.csv", folder / "summary.csv", out_dir / f"{claim.name}.md"
     cells_df.to_csv(cells_csv, index=False)
     summary.to_csv(summary_csv, index=False)
-    table = summary_markdown(summary, command, wall_seconds, budget, baseline)
+    table = summary_markdown(summary, command, wall_seconds, budget, baseline, claim.arms)
     begin = TABLE_BEGIN.format(name=claim.name)
     text = md.read_text() if md.exists() else (
         f"# {claim.title}\n\n**The paper:** {claim.paper}\n\n## Our measurement\n\n{begin}\n{TABLE_END}\n\n"

@@ -83,6 +83,36 @@ def fid_features(images: np.ndarray, *, device: str | torch.device = "cpu", batc
     return np.concatenate(feats)
 
 
+def reference_fid_features(images: np.ndarray, *, device: str | torch.device = "cpu", batch_size: int = 32,
+                           cache_dir: str | None = None) -> np.ndarray:
+    """:func:`fid_features` of a reference set, kept in ``cache_dir`` (default: the folder
+    ``$NSVQ_FID_CACHE`` names; unset: no cache) under a key of the images' bytes, the feature
+    network, the batch size and the device type, so the cells of a study, each in its own copy
+    of the repository, compute the validation split's features once. A hit returns the array a
+    miss computed (on one machine the features are deterministic), so results do not change."""
+    import hashlib
+    import os
+
+    from .nets import FID_SHA256
+
+    cache_dir = cache_dir or os.environ.get("NSVQ_FID_CACHE")
+    if not cache_dir:
+        return fid_features(images, device=device, batch_size=batch_size)
+    images = _check_images(images)
+    key = hashlib.sha256(np.ascontiguousarray(images).data)
+    key.update(f"{images.shape} {FID_SHA256} {batch_size} {torch.device(device).type}".encode())
+    path = os.path.join(cache_dir, key.hexdigest()[:32] + ".npy")
+    if os.path.exists(path):
+        return np.load(path)
+    feats = fid_features(images, device=device, batch_size=batch_size)
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:       # concurrent cells may write the same entry: rename wins
+        with open(tmp, "wb") as f:
+            np.save(f, feats)
+    return feats
+
+
 def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (at least two rows each).
 

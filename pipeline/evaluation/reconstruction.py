@@ -63,7 +63,7 @@ def reconstruction_metrics(model: VQAutoencoder, images, *, device, batch_size: 
     for start in range(mine.start, mine.stop, chunk):
         x = np.ascontiguousarray(images[start:min(start + chunk, mine.stop)])
         recon, tokens = reconstruct(model, x, device, batch_size)
-        ref.append(metrics.fid_features(x, device=device, batch_size=batch_size))
+        ref.append(metrics.reference_fid_features(x, device=device, batch_size=batch_size))
         rec.append(metrics.fid_features(recon, device=device, batch_size=batch_size))
         lp.append(metrics.lpips_distance(x, recon, net=lpips_net, device=device, batch_size=batch_size))
         ss.append(metrics.ssim(x, recon))

@@ -15,7 +15,8 @@ the run-cache in seconds, so rerunning a study resumes it.
 
 The subprocess environment points MLflow at the repository's own store (a temporary copy
 would otherwise create its own mlflow.db and lose it) and Prefect at the API the study runs
-against, so the stages' flows and runs land next to the study's.
+against, so the stages' flows and runs land next to the study's; and the FID features of the
+validation split at one cache (``<repo>/.cache/fid``, metrics.reference_fid_features).
 """
 from __future__ import annotations
 
@@ -95,6 +96,8 @@ def cell_env(repo: Path, prefect_api_url: str | None) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if prefect_api_url:
         env["PREFECT_API_URL"] = prefect_api_url
+    # The cells share one validation split: its FID features are computed by the first cell only.
+    env.setdefault("NSVQ_FID_CACHE", str(repo.resolve() / ".cache" / "fid"))
     return env
 
 
