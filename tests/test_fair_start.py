@@ -166,3 +166,25 @@ def test_reference_residual_diveq_is_one_diveq_on_the_summed_hard_levels():
         assert torch.allclose(layer.embedding.grad[0], u * u[0], atol=1e-6)
         assert torch.equal(layer.embedding.grad[1], torch.zeros(2))
     assert q.layers[0].usage_counts.tolist() == [1, 0] and q.layers[1].usage_counts.tolist() == [1, 0]
+
+
+def test_scratch_loads_the_architecture_without_its_weights(tmp_path):
+    from pipeline.models.autoencoder import VQAutoencoder
+    from pipeline.models.io import load_autoencoder, save_autoencoder
+
+    torch.manual_seed(0)
+    model = VQAutoencoder(hidden_channels=8, res_channels=4, num_res_blocks=1, downsample=4, code_dim=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)                                          # "pretrained" weights
+    save_autoencoder(tmp_path / "pretrain.pt", model)
+    trained, _ = load_autoencoder(tmp_path / "pretrain.pt")
+    assert all(torch.equal(p, torch.full_like(p, 0.5)) for p in trained.parameters())
+    torch.manual_seed(3)
+    fresh, _ = load_autoencoder(tmp_path / "pretrain.pt", weights=False)
+    torch.manual_seed(3)
+    again, _ = load_autoencoder(tmp_path / "pretrain.pt", weights=False)
+    assert fresh.config == model.config                              # the same architecture ...
+    weights = [p for p in fresh.parameters() if p.dim() > 1]
+    assert not any(torch.equal(p, torch.full_like(p, 0.5)) for p in weights)   # ... freshly initialised
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), again.parameters()))   # by the seed

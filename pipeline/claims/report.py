@@ -56,6 +56,9 @@ def write_claim(out_dir: Path, claim, cells_df, summary, command: str, wall_seco
     folder = out_dir / claim.name
     folder.mkdir(parents=True, exist_ok=True)
     cells_csv, summary_csv, md = folder / "cells.csv", folder / "summary.csv", out_dir / f"{claim.name}.md"
+    if "arm" in summary:           # the claim's own order of arms, not the alphabet's
+        order = {a.name: i for i, a in enumerate(claim.arms)}
+        summary = summary.sort_values("arm", key=lambda col: col.map(order), kind="mergesort").reset_index(drop=True)
     cells_df.to_csv(cells_csv, index=False)
     summary.to_csv(summary_csv, index=False)
     table = summary_markdown(summary, command, wall_seconds, budget, baseline, claim.arms)
