@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow
 
 from ..study.budget import get_dotted, study_budget
-from ..study.flow import _git, collect, prefect_api_url, run_cells
+from ..study.flow import baseline_commit, collect, prefect_api_url, run_cells
 from .report import write_claim
 from .specs import CLAIM_BUDGET, CLAIMS
 
@@ -50,5 +50,5 @@ def claim_study(name: str, seeds: list[int], out_dir: str = "reports/claims", re
     df = collect(root, runs, budget, prefect_api_url())
     summary = summarize(df)
     write_claim(root / out_dir, claim, df, summary, claim_command(name, seeds, grid), time.monotonic() - t0,
-                budget, _git(root, "rev-parse", "--short", "HEAD") or "unknown")
+                budget, baseline_commit(root))
     return summary.to_dict("records")

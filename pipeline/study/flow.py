@@ -73,6 +73,11 @@ def _git(root: Path, *args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def baseline_commit(root: Path) -> str:
+    """The short hash of the commit the study's experiments are based on."""
+    return _git(root, "rev-parse", "--short", "HEAD") or "unknown"
+
+
 def ensure_mlflow_experiment(root: Path) -> None:
     """Create the MLflow experiment in the repository's store with the repository's artifact
     folder before any cell: created from inside a temporary copy, it would point there."""
@@ -196,7 +201,7 @@ def _methods_study(methods: list[str], codebook_sizes: list[int], overrides: dic
     cells = run_cells(root, [Cell(m, k) for k in codebook_sizes for m in methods], budget, jobs, cell_timeout)
     df = collect(root, cells, budget, prefect_api_url())
     written = write_table(df, root / out_dir, study_command(methods, codebook_sizes, budget), budget,
-                          _git(root, "rev-parse", "--short", "HEAD") or "unknown")
+                          baseline_commit(root))
     logger.info("wrote " + ", ".join(str(p) for p in written))
     failed = int((df["status"] != "ok").sum())
     if failed:
