@@ -25,12 +25,12 @@ def test_token_usage_on_a_hand_case():
     u = token_usage(tokens, 4)
     p = np.array([2, 1, 3]) / 6
     assert u == {"codebook_usage": 0.75, "perplexity": pytest.approx(math.exp(-(p * np.log(p)).sum())),
-                 "dead_codes": 1, "tokens": 6}
+                 "dead_codes": 1, "usage_tokens": 6}
     # residual tokens (N, h, w, L): usage and perplexity are the means over levels, dead codes their sum
     res = np.stack([tokens, np.zeros_like(tokens)], axis=-1)   # level 2 uses code 0 only
     r = token_usage(res, 4)
     assert r["codebook_usage"] == pytest.approx((0.75 + 0.25) / 2) and r["dead_codes"] == 1 + 3
-    assert r["perplexity"] == pytest.approx((u["perplexity"] + 1.0) / 2) and r["tokens"] == 6
+    assert r["perplexity"] == pytest.approx((u["perplexity"] + 1.0) / 2) and r["usage_tokens"] == 6
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         token_usage(np.array([[[4]]]), 4)
 
@@ -64,9 +64,9 @@ def test_training_set_usage_counts_every_token_of_the_sample():
     images = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
     tokens = encode_tokens(model, images, "cpu", 4)
     whole = training_set_usage(model, images, device="cpu", batch_size=3, chunk=2)
-    assert whole == token_usage(tokens, 8) and whole["tokens"] == 7 * 4 * 4
+    assert whole == token_usage(tokens, 8) and whole["usage_tokens"] == 7 * 4 * 4
     first = training_set_usage(model, images, device="cpu", limit=3)
-    assert first == token_usage(tokens[:3], 8) and first["tokens"] == 3 * 16
+    assert first == token_usage(tokens[:3], 8) and first["usage_tokens"] == 3 * 16
 
 
 def test_train_vq_logs_the_usage_of_every_epoch_and_resumes_it(tmp_path):

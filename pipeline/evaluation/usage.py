@@ -26,7 +26,7 @@ from ..progress import Progress
 
 def token_usage(tokens, codebook_size: int) -> dict[str, float | int]:
     """Usage (fraction of codes used), perplexity exp(H), dead codes (codes never used) and
-    the number of tokens of ``tokens`` ((N, h, w) or (N, h, w, L) for residual VQ)."""
+    the number of tokens (``usage_tokens``) of ``tokens`` ((N, h, w) or (N, h, w, L) for residual VQ)."""
     tokens = np.asarray(tokens)
     return counts_usage(torch.as_tensor(level_counts(tokens, codebook_size)))
 
@@ -82,7 +82,7 @@ def counts_usage(counts: torch.Tensor) -> dict[str, float | int]:
     """:func:`usage_tensors` as numbers, plus the number of tokens counted (per level)."""
     out = {k: v.item() for k, v in usage_tensors(counts).items()}
     out["dead_codes"] = int(out["dead_codes"])
-    out["tokens"] = int(counts[0].sum().item())
+    out["usage_tokens"] = int(counts[0].sum().item())
     return out
 
 
