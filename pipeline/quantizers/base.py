@@ -181,15 +181,20 @@ class Quantizer(nn.Module):
         return QuantizerOutput(zq.to(z.dtype), idx, loss, stats, hard)
 
     @torch.no_grad()
-    def _stats(self, z: torch.Tensor, zq: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def count_usage(self, idx: torch.Tensor) -> torch.Tensor:
+        """The step's code histogram (K,); in training summed over ranks (identity for one
+        process) and added to ``usage_counts``, so replacement's dead codes are those of the
+        global batch, the same on every rank."""
         counts = code_histogram(idx, self.codebook_size)
-        total = idx.numel()
         if self.training:
-            # Summed over ranks (identity for one process): usage counts, and so replacement's
-            # dead codes, are those of the global batch, the same on every rank.
             counts = distributed.all_reduce_sum(counts)
-            total *= distributed.size()
             self.usage_counts += counts
+        return counts
+
+    @torch.no_grad()
+    def _stats(self, z: torch.Tensor, zq: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        counts = self.count_usage(idx)
+        total = idx.numel() * (distributed.size() if self.training else 1)
         stats = histogram_stats(counts, total)
         stats["distortion"] = nn.functional.mse_loss(z.float(), zq.float())
         return stats

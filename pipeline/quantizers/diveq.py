@@ -29,7 +29,6 @@ import math
 import torch
 
 from .. import distributed
-from .base import code_histogram
 from .residual import ResidualVQ
 from .vq import TableQuantizer
 
@@ -92,8 +91,8 @@ class SummedResidualDiVeQ(ResidualVQ):
         for q in self.layers:
             idx, _ = q.search(r)
             c = q.embedding[idx]
+            q.count_usage(idx)          # replacement's counts (training mode only)
             if self.training:
-                q.usage_counts += distributed.all_reduce_sum(code_histogram(idx, q.codebook_size))
                 q.last_latents = r.detach()
             hard = hard + c
             r = r - c.detach()
