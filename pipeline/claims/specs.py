@@ -5,9 +5,10 @@ validation split is 1,024 demo crops (at 128, the spread between seeds swamps th
 differences), no prior, and, unless the claim says otherwise, no refinement. A cell's own
 params are its method and K plus its claim's arm; ``train_vq.seed`` is the seed (the
 quantizer's initial table and noise, the batch order; pretraining and k-means are shared by
-the seeds, so the spread is that of train_vq). Each claim's default grid is sized to finish in
-at most 90 minutes on a 2-core CPU; the grid the paper's statement needs in full is in its
-``full`` note.
+the seeds, so the spread is that of train_vq). A cell costs 4-8 minutes on a 2-core CPU, so
+the grids of batch_size and nsvq_ablation (10 cells each) finish in at most 90 minutes there;
+those of ns_vq_tables (72 cells) and diveq_low_bitrate (30) do not, and run as parts, one command
+of at most 90 minutes per part (the ``full`` note says how to split them).
 
 Starts (``train_vq.init``): ``kmeans`` (the shared k-means start of every method), ``scratch``
 (no pretraining; each method's reference init), as each claim's arm says. "Drift" arms pretrain
@@ -71,7 +72,8 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           ("fc", "vq", "ema", "simvq", "nsvq", "transvq"), (64, 1024, 8192),
           (Arm("drift", DRIFT), Arm("reference", {**SCRATCH, "quantizer.replacement.policy": "none"})),
           budget={"train_vq.track_steps": "300", "train_vq.freeze_steps": "100"}, dims=(64,),
-          full="both arms at D = 3 too (--dims 3 64): 144 cells at 2 seeds, ~6 h here"),
+          full="one command per arm and K (--arms drift --codebook-sizes 8192: 12 cells, ~75 min here); "
+               "the D = 3 half of the tables doubles it (--dims 3)"),
     Claim("batch_size", "NS-VQ paper, Fig. 4: a larger batch lowers plain VQ's rFID",
           "For plain VQ (K = 64, D = 64), a larger batch gives a lower rFID at equal epochs.",
           ("vq",), (64,),
@@ -102,6 +104,11 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "SF-DiVeQ reaches full codebook usage without replacement; DiVeQ and SF-DiVeQ reconstruct better "
           "than STE, the rotation trick and Gumbel-softmax at low bitrates (K = 256, 512, 1,024).",
           ("diveq", "sf_diveq", "vq", "rotation", "gumbel"), (256, 512, 1024),
+          # The reference code's protocol: its VQ / DiVeQ modules replace unused codes (every 100
+          # iterations, vqvae_compression/vq.py); here params.yaml's importance replacement does.
+          # SF-DiVeQ and Gumbel are not replaceable (replacement.py skips them): SF-DiVeQ trains
+          # without replacement, as the claim says.
           (Arm("reference", {**SCRATCH}),),
-          budget={"train_vq.track_steps": "300", "train_vq.freeze_steps": "100"}),
+          budget={"train_vq.track_steps": "300", "train_vq.freeze_steps": "100"},
+          full="K = 256 / 512 / 1,024 are one command each (--codebook-sizes 256, ...), 10 cells and ~45 min each"),
 )}
