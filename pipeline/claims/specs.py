@@ -6,9 +6,10 @@ differences), no prior, and, unless the claim says otherwise, no refinement. A c
 params are its method and K plus its claim's arm; ``train_vq.seed`` is the seed (the
 quantizer's initial table and noise, the batch order; pretraining and k-means are shared by
 the seeds, so the spread is that of train_vq). A cell costs 4-8 minutes on a 2-core CPU, so
-the grids of batch_size and nsvq_ablation (10 cells each) finish in at most 90 minutes there;
-those of ns_vq_tables (72 cells) and diveq_low_bitrate (30) do not, and run as parts, one command
-of at most 90 minutes per part (the ``full`` note says how to split them).
+the grids of batch_size and nsvq_ablation finish in at most 90 minutes there; those of
+ns_vq_tables and diveq_low_bitrate do not, and run as parts, one command of at most 90 minutes
+per part (the ``full`` note says how to split them; ``python -m pipeline.claims list`` counts
+each grid's cells).
 
 Starts (``train_vq.init``): ``kmeans`` (the shared k-means start of every method), ``scratch``
 (no pretraining; each method's reference init), as each claim's arm says. "Drift" arms pretrain
