@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -66,6 +67,10 @@ def test_table_from_exp_show_keeps_failures_and_checks_the_budget(tmp_path):
     assert status["fc128"][0] == "failed" and "not found" in status["fc128"][1]          # no experiment
     assert status["gumbel128"] == ("failed", "error: train_vq: loss is nan")             # the run failed
     assert math.isnan(df[df["method"] == "gumbel"].iloc[0]["rfid"])
+
+    # A cell whose train_vq was restored from the run-cache has no wall time in MLflow: still ok.
+    restored = build_table([_cell("vq", 512)], show, BUDGET, {}).iloc[0]
+    assert restored["status"] == "ok" and restored["rfid"] == 50.0 and pd.isna(restored["train_seconds"])
 
     written = write_table(df, tmp_path, "python -m pipeline.study --methods vq", BUDGET, "abc1234")
     assert [p.name for p in written] == ["methods.csv", "methods.md"]
