@@ -5,11 +5,11 @@ validation split is 1,024 demo crops (at 128, the spread between seeds swamps th
 differences), no prior, and, unless the claim says otherwise, no refinement. A cell's own
 params are its method and K plus its claim's arm; ``train_vq.seed`` is the seed (the
 quantizer's initial table and noise, the batch order; pretraining and k-means are shared by
-the seeds, so the spread is that of train_vq). A cell costs 4-8 minutes on a 2-core CPU, so
-the grids of batch_size and nsvq_ablation finish in at most 90 minutes there; those of
-ns_vq_tables and diveq_low_bitrate do not, and run as parts, one command of at most 90 minutes
-per part (the ``full`` note says how to split them; ``python -m pipeline.claims list`` counts
-each grid's cells).
+the seeds, so the spread is that of train_vq). A cell costs 4-11 minutes on a 2-core CPU
+(the lent machines differ by ~1.5x), so batch_size's grid finishes in at most 90 minutes
+there; the others may not, and run as parts, one command of at most 90 minutes per part
+(the ``full`` note says how to split them; ``python -m pipeline.claims list`` counts each
+grid's cells).
 
 Starts (``train_vq.init``): ``kmeans`` (the shared k-means start of every method), ``scratch``
 (no pretraining; each method's reference init), as each claim's arm says. "Drift" arms pretrain
@@ -99,8 +99,13 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
                                "train_vq.track_steps": "300", "train_vq.freeze_steps": "100",
                                "refine_gan.steps": "300"}),
            # SimVQ: the same start and schedule as with_freezing (it needs no replacement: W moves every code)
-           Arm("simvq", {**DRIFT, "train_vq.track_steps": "300", "train_vq.freeze_steps": "100"}, ("simvq",))),
-          full="K = 65,536 on ImageNet 128 px needs GPUs (the nsvq_imagenet128_k65536 preset)"),
+           Arm("simvq", {**DRIFT, "train_vq.track_steps": "300", "train_vq.freeze_steps": "100"}, ("simvq",)),
+           # The control for with_refinement: SimVQ's tokenizer (train_vq restored from the simvq
+           # arm's run-cache) with the same adversarial refinement.
+           Arm("simvq_refined", {**DRIFT, "train_vq.track_steps": "300", "train_vq.freeze_steps": "100",
+                                 "refine_gan.steps": "300"}, ("simvq",))),
+          full="on a slow machine the NSVQ arms and the SimVQ arms (--arms simvq simvq_refined) as two "
+               "commands; K = 65,536 on ImageNet 128 px needs GPUs (the nsvq_imagenet128_k65536 preset)"),
     Claim("diveq_low_bitrate", "DiVeQ paper: SF-DiVeQ's usage without replacement; DiVeQ at low bitrates",
           "SF-DiVeQ reaches full codebook usage without replacement; DiVeQ and SF-DiVeQ reconstruct better "
           "than STE, the rotation trick and Gumbel-softmax at low bitrates (K = 256, 512, 1,024).",
