@@ -27,6 +27,11 @@ from ..study.cells import Cell
 CLAIM_BUDGET = {"data.demo_val_crops": "1024", "refine_gan.steps": "0", "train_prior.steps": "0"}
 DRIFT = {"pretrain.steps": "50", "train_vq.init": "kmeans", "quantizer.replacement.policy": "none"}
 SCRATCH = {"pretrain.steps": "1", "train_vq.init": "scratch"}       # pretrain's weights are not read
+# nsvq_ablation's pieces: each arm adds one, so a piece is written once and shared by its arms
+TRACK_ONLY = {"train_vq.track_steps": "400", "train_vq.freeze_steps": "0"}
+TRACK_THEN_FREEZE = {"train_vq.track_steps": "300", "train_vq.freeze_steps": "100"}
+REPLACE = {"quantizer.replacement.policy": "importance"}
+REFINE = {"refine_gan.steps": "300"}
 
 
 @dataclass(frozen=True)
@@ -90,20 +95,15 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "usage; its pieces are the NS loss, codebook replacement, stage-wise encoder freezing and "
           "adversarial refinement.",
           ("nsvq",), (8192,),
-          (Arm("ns_loss", {**DRIFT, "train_vq.track_steps": "400", "train_vq.freeze_steps": "0"}),
-           Arm("with_replacement", {**DRIFT, "quantizer.replacement.policy": "importance",
-                                "train_vq.track_steps": "400", "train_vq.freeze_steps": "0"}),
-           Arm("with_freezing", {**DRIFT, "quantizer.replacement.policy": "importance",
-                             "train_vq.track_steps": "300", "train_vq.freeze_steps": "100"}),
-           Arm("with_refinement", {**DRIFT, "quantizer.replacement.policy": "importance",
-                               "train_vq.track_steps": "300", "train_vq.freeze_steps": "100",
-                               "refine_gan.steps": "300"}),
+          (Arm("ns_loss", {**DRIFT, **TRACK_ONLY}),
+           Arm("with_replacement", {**DRIFT, **REPLACE, **TRACK_ONLY}),
+           Arm("with_freezing", {**DRIFT, **REPLACE, **TRACK_THEN_FREEZE}),
+           Arm("with_refinement", {**DRIFT, **REPLACE, **TRACK_THEN_FREEZE, **REFINE}),
            # SimVQ: the same start and schedule as with_freezing (it needs no replacement: W moves every code)
-           Arm("simvq", {**DRIFT, "train_vq.track_steps": "300", "train_vq.freeze_steps": "100"}, ("simvq",)),
+           Arm("simvq", {**DRIFT, **TRACK_THEN_FREEZE}, ("simvq",)),
            # The control for with_refinement: SimVQ's tokenizer (train_vq restored from the simvq
            # arm's run-cache) with the same adversarial refinement.
-           Arm("simvq_refined", {**DRIFT, "train_vq.track_steps": "300", "train_vq.freeze_steps": "100",
-                                 "refine_gan.steps": "300"}, ("simvq",))),
+           Arm("simvq_refined", {**DRIFT, **TRACK_THEN_FREEZE, **REFINE}, ("simvq",))),
           full="on a slow machine the NSVQ arms and the SimVQ arms (--arms simvq simvq_refined) as two "
                "commands; K = 65,536 on ImageNet 128 px needs GPUs (the nsvq_imagenet128_k65536 preset)"),
     Claim("diveq_low_bitrate", "DiVeQ paper: SF-DiVeQ's usage without replacement; DiVeQ at low bitrates",
